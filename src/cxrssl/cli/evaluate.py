@@ -1,0 +1,53 @@
+"""``cxrssl evaluate-masks``: compare predicted masks with reference masks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from cxrssl.evaluation import evaluate_mask_folders, write_json, write_rows_csv
+
+_LIST_LIMIT = 10
+
+
+def register(sub: Any) -> None:
+    """Add ``evaluate-masks`` to the ``cxrssl`` sub-parsers."""
+    p = sub.add_parser(
+        "evaluate-masks",
+        help="per-image Dice, IoU, sensitivity, specificity, precision, HD95 of two mask folders",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("pred_dir", type=Path, metavar="PRED_DIR", help="predicted masks")
+    p.add_argument("true_dir", type=Path, metavar="TRUE_DIR", help="reference masks, same stems")
+    p.add_argument("--json", type=Path, default=None, help="write summary and rows as JSON")
+    p.add_argument("--csv", type=Path, default=None, help="write one row per image as CSV")
+    p.add_argument("--workers", type=int, default=1, help="processes for the metrics")
+    p.set_defaults(func=run)
+
+
+def _list(label: str, names: list[str]) -> None:
+    if names:
+        shown = ", ".join(names[:_LIST_LIMIT])
+        more = f" (+{len(names) - _LIST_LIMIT} more)" if len(names) > _LIST_LIMIT else ""
+        print(f"{label} ({len(names)}): {shown}{more}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, print the table and the unpaired files; exit 1 when any file was unpaired."""
+    ev = evaluate_mask_folders(args.pred_dir, args.true_dir, workers=args.workers)
+    print(f"{'metric':<12} {'mean ± std':>17} {'95% CI':>17} {'n':>5}")
+    for name, s in ev.summary.items():
+        ci = f"[{s.ci_low:.3f}, {s.ci_high:.3f}]"
+        print(f"{name:<12} {s.mean:>8.3f} ± {s.std:<6.3f} {ci:>17} {s.n:>5}")
+    _list("missing predictions", ev.missing)
+    _list("predictions without a reference", ev.extra)
+    for stem, reason in ev.failed.items():
+        print(f"failed: {stem}: {reason}")
+    if args.csv:
+        write_rows_csv(args.csv, ev.rows)
+        print(f"per-image rows: {args.csv}")
+    if args.json:
+        write_json(args.json, ev)
+        print(f"summary: {args.json}")
+    return 1 if (ev.missing or ev.extra or ev.failed) else 0

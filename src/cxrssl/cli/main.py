@@ -1,0 +1,67 @@
+"""Entry point of the ``cxrssl`` command.
+
+Each verb module under ``cxrssl.cli`` exposes ``register(subparsers)``, which adds its
+sub-command(s) with ``set_defaults(func=...)``; ``func(args) -> int`` returns the exit code.
+Exit codes: 0 success, 1 the job ran but some inputs failed, 2 a user error (``CxrsslError``),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from cxrssl import __version__
+from cxrssl.errors import CxrsslError
+
+# Verb modules, in the order of the data path.
+VERB_MODULES = ("masks", "train", "evaluate", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every registered verb."""
+    parser = argparse.ArgumentParser(
+        prog="cxrssl",
+        description="Label-efficient chest X-ray analysis.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"cxrssl {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name in VERB_MODULES:
+        try:
+            module = importlib.import_module(f"cxrssl.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"cxrssl.cli.{name}":
+                continue  # verb not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``cxrssl``; returns the exit code (also used as the console-script entry)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code: int = args.func(args)
+        return code
+    except CxrsslError as err:
+        if args.debug:
+            raise
+        print(f"cxrssl: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("cxrssl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

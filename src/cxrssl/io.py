@@ -1,0 +1,369 @@
+"""Read radiographs and masks from disk, write masks; every failure is an ``ImageReadError``.
+
+One reader for PNG, JPEG, TIFF, BMP (OpenCV) and DICOM (pydicom). Images come back as float32
+``(H, W)`` in ``[0, 1]`` with bright = dense (bone), masks as uint8 ``(H, W)`` in ``{0, 1}``.
+
+Choices, each made once here:
+
+- Raster images: colour is converted to grey (ITU-R BT.601 weights, ``cv2.cvtColor``), an
+  alpha channel is dropped, palettes are expanded, JPEG EXIF orientation is applied. Integer
+  images are divided by their dtype maximum (255 or 65535, so a 12-bit image stored in 16 bits
+  stays dark): radiographic intensities are kept, never stretched. Float images already in
+  ``[0, 1]`` are kept; other floats and signed integers are min-max scaled.
+- DICOM: modality LUT (rescale slope/intercept), then the first VOI LUT or window
+  centre/width scaled by its output range, else min-max of the values; MONOCHROME1 is then
+  inverted so that dense is bright.
+- Refused: missing, empty, truncated, undecodable or constant images, multi-page TIFF and
+  multi-frame DICOM (3-D), compressed DICOM without an installed decoder.
+- PNG colour-management chunks (iCCP, sRGB, gAMA, cHRM) are dropped before decoding: OpenCV
+  ignores them anyway, and libpng would print warnings about bad profiles straight to stderr.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
+from pydicom.pixels.processing import apply_voi, apply_windowing
+
+from cxrssl.errors import ImageReadError
+
+__all__ = ["IMAGE_SUFFIXES", "is_image_file", "read_image", "read_mask", "write_mask"]
+
+IMAGE_SUFFIXES: tuple[str, ...] = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".dcm",
+    ".dicom",
+)
+"""Lowercase suffixes read by :func:`read_image`; extensionless DICOM is found by its magic."""
+
+_DICOM_SUFFIXES = (".dcm", ".dicom")
+_DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR  # keeps 16 bits, drops alpha
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_CHUNKS = (b"iCCP", b"sRGB", b"gAMA", b"cHRM")
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_DECODER_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Whether ``path`` looks like an image :func:`read_image` accepts, judged by its name.
+
+    A file with no suffix, or a numeric one (DICOM named by UID, ``1.2.840.113619.2.55``), is
+    an image when it carries the DICOM ``DICM`` marker at byte 128.
+
+    Args:
+        path: a file path.
+
+    Returns:
+        True for a known image suffix or a marked DICOM file.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return True
+    if suffix and not suffix[1:].isdigit():
+        return False
+    try:
+        with path.open("rb") as f:
+            return _is_dicom(f.read(132))
+    except OSError:
+        return False
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read a radiograph as grey levels, dense (bone) bright.
+
+    Args:
+        path: a PNG, JPEG, TIFF, BMP or DICOM file (see the module notes for the scaling).
+
+    Returns:
+        float32 array of shape (H, W), values in [0, 1].
+
+    Raises:
+        ImageReadError: the file is missing, empty, truncated, not an image, 3-D, constant,
+            or a compressed DICOM whose decoder is not installed; the message names the file.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    if _is_dicom(data) or path.suffix.lower() in _DICOM_SUFFIXES:
+        return _read_dicom(path, data)
+    raw = _decode_raster(path, data)
+    if raw.ndim == 3:
+        raw = cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY)
+    return _to_unit_range(path, raw)
+
+
+def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a binary mask stored as 0/255, 0/1 or anti-aliased grey levels.
+
+    Integer masks whose maximum is 1 are taken as 0/1; otherwise a pixel is foreground above
+    half the dtype maximum (127.5 for 8 bits; 0.5 for float). Colour masks use the brightest
+    channel, so a red outline on black still counts.
+
+    Args:
+        path: a raster image file (DICOM masks are not supported).
+        shape: the (H, W) of the image the mask belongs to, checked when given.
+
+    Returns:
+        uint8 array of shape (H, W), values in {0, 1}.
+
+    Raises:
+        ImageReadError: the file cannot be read (as in :func:`read_image`, constant masks
+            allowed) or its size differs from ``shape``.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    if _is_dicom(data) or path.suffix.lower() in _DICOM_SUFFIXES:
+        raise ImageReadError(path, "DICOM masks are not supported; save masks as PNG")
+    raw = _decode_raster(path, data)
+    if raw.ndim == 3:
+        raw = raw.max(axis=2)
+    if shape is not None and raw.shape != tuple(shape):
+        (h, w), (eh, ew) = raw.shape, shape
+        raise ImageReadError(path, f"mask is {h}x{w} but its image is {eh}x{ew} (H x W)")
+    if np.issubdtype(raw.dtype, np.integer):
+        if raw.max() <= 1:
+            return (raw > 0).astype(np.uint8)
+        threshold = np.iinfo(raw.dtype).max / 2
+    else:
+        threshold = 0.5
+    return (raw > threshold).astype(np.uint8)
+
+
+def write_mask(path: str | Path, mask: np.ndarray) -> None:
+    """Write a binary mask as a 0/255 8-bit PNG, atomically (temporary file, then rename).
+
+    Parent folders are created.
+
+    Args:
+        path: destination ending in ``.png``.
+        mask: bool or integer array of shape (H, W) with values in {0, 1}.
+
+    Raises:
+        ValueError: ``path`` is not a ``.png`` or ``mask`` is not a 2-D 0/1 array.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"{path}: masks are written as PNG; use a .png file name")
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or not (mask.dtype == bool or np.issubdtype(mask.dtype, np.integer)):
+        raise ValueError(
+            f"{path}: mask must be a 2-D bool/integer array, got {mask.dtype} {mask.shape}"
+        )
+    if mask.size and (mask.min() < 0 or mask.max() > 1):
+        raise ValueError(f"{path}: mask values must be 0 or 1")
+    ok, buf = cv2.imencode(".png", mask.astype(np.uint8) * np.uint8(255))
+    if not ok:
+        raise ValueError(f"{path}: OpenCV could not encode the mask as PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The whole file, after the checks that need no decoding (missing, folder, empty)."""
+    if path.is_dir():
+        raise ImageReadError(path, "is a directory, not an image file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except OSError as e:
+        raise ImageReadError(path, f"cannot read the file ({e.strerror})") from None
+    if not data:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    return data
+
+
+def _is_dicom(head: bytes) -> bool:
+    return head[128:132] == b"DICM"
+
+
+def _decode_raster(path: Path, data: bytes) -> np.ndarray:
+    """Decode with OpenCV after format checks: (H, W) or (H, W, 3) BGR, native dtype."""
+    if data.startswith(_PNG_MAGIC):
+        kind, data = "PNG", _checked_png(path, data)
+    elif data.startswith(b"\xff\xd8\xff"):
+        kind = "JPEG"
+        if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):  # EOI must follow the last scan
+            raise ImageReadError(path, "truncated JPEG (no end-of-image marker after the scan)")
+    elif data.startswith(b"BM"):
+        kind = "BMP"
+        size = struct.unpack_from("<I", data, 2)[0] if len(data) >= 6 else 0
+        if len(data) < size:
+            raise ImageReadError(path, f"truncated BMP ({len(data)} of {size} bytes)")
+    elif data[:4] in _TIFF_MAGICS:
+        kind = "TIFF"
+    else:
+        kind = ""
+    buf = np.frombuffer(data, np.uint8)
+    if kind == "TIFF":
+        ok, pages = cv2.imdecodemulti(buf, _DECODE_FLAGS)
+        if ok and len(pages) > 1:
+            raise ImageReadError(
+                path,
+                f"3-D image: multi-page TIFF with {len(pages)} pages; "
+                "only 2-D radiographs are supported",
+            )
+        image = pages[0] if ok and pages else None
+    else:
+        image = cv2.imdecode(buf, _DECODE_FLAGS)
+    if image is None:
+        if not kind:
+            raise ImageReadError(
+                path,
+                f"not an image (unrecognised content starting "
+                f"{data[:8]!r}; expected PNG, JPEG, TIFF, BMP or DICOM)",
+            )
+        raise ImageReadError(path, f"corrupt {kind} data (OpenCV cannot decode it)")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim != 2 and not (image.ndim == 3 and image.shape[2] == 3):
+        raise ImageReadError(path, f"3-D image of shape {image.shape}; expected H x W or colour")
+    return image
+
+
+def _checked_png(path: Path, data: bytes) -> bytes:
+    """``data`` with its colour-management chunks removed; refuses a PNG cut before IEND."""
+    pos, size, drop = 8, len(data), []
+    while True:
+        if pos + 12 > size:
+            raise ImageReadError(path, f"truncated PNG ({size} bytes, ends before IEND)")
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        if end > size:
+            raise ImageReadError(
+                path, f"truncated PNG ({size} bytes, ends inside a {kind.decode('latin-1')} chunk)"
+            )
+        if kind == b"IEND":
+            break
+        if kind in _PNG_COLOUR_CHUNKS:
+            drop.append((pos, end))
+        pos = end
+    if not drop:
+        return data
+    keep, start = [], 0
+    for a, b in drop:
+        keep.append(data[start:a])
+        start = b
+    keep.append(data[start:])
+    return b"".join(keep)
+
+
+def _to_unit_range(path: Path, image: np.ndarray) -> np.ndarray:
+    """(H, W) grey levels of any dtype -> float32 in [0, 1] (see the module notes)."""
+    lo, hi = _value_range(path, image)
+    if image.dtype in (np.uint8, np.uint16):
+        return image.astype(np.float32) * np.float32(1 / np.iinfo(image.dtype).max)
+    if image.dtype.kind == "f" and lo >= 0 and hi <= 1:
+        return image.astype(np.float32)
+    return _stretch(image, lo, hi)
+
+
+def _value_range(path: Path, image: np.ndarray) -> tuple[float, float]:
+    """Minimum and maximum; refuses non-finite and constant images."""
+    lo, hi = float(image.min()), float(image.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ImageReadError(path, "image holds non-finite values (NaN or infinity)")
+    if lo == hi:
+        raise ImageReadError(path, f"constant image (every pixel is {lo:g}); nothing to read")
+    return lo, hi
+
+
+def _stretch(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    scaled = (image.astype(np.float32) - np.float32(lo)) * np.float32(1 / (hi - lo))
+    return np.clip(scaled, 0, 1, out=scaled)
+
+
+def _read_dicom(path: Path, data: bytes) -> np.ndarray:
+    """DICOM -> float32 (H, W) in [0, 1]: modality LUT, VOI, MONOCHROME1 inverted."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError:
+        raise ImageReadError(path, "not a DICOM file (no 'DICM' marker at byte 128)") from None
+    except Exception as e:  # pydicom raises many types on a damaged header
+        raise ImageReadError(path, f"unreadable DICOM header ({_summary(e)})") from None
+    if "PixelData" not in ds:
+        raise ImageReadError(path, "DICOM file holds no pixel data (truncated, or not an image)")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        raise ImageReadError(
+            path,
+            f"3-D image: multi-frame DICOM with {frames} frames; "
+            "only 2-D radiographs are supported",
+        )
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is not None and syntax.is_compressed:
+        try:
+            available = get_decoder(syntax).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            raise ImageReadError(
+                path, f"compressed DICOM ({syntax.name}) needs a decoder: {_DECODER_HINT}"
+            )
+    try:
+        pixels = ds.pixel_array
+    except Exception as e:  # decoders raise many types on damaged or truncated data
+        raise ImageReadError(
+            path, f"DICOM pixel data is truncated or cannot be decoded ({_summary(e)})"
+        ) from None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric == "PALETTE COLOR":
+        pixels = apply_color_lut(pixels, ds)
+    if pixels.ndim == 3 and pixels.shape[2] == 3:  # RGB (pydicom converts YBR to RGB)
+        return _to_unit_range(path, cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY))
+    if pixels.ndim != 2:
+        raise ImageReadError(path, f"3-D image of shape {pixels.shape}; expected H x W")
+    image = _dicom_grey(path, ds, pixels)
+    return 1 - image if photometric == "MONOCHROME1" else image
+
+
+def _dicom_grey(path: Path, ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
+    """Modality LUT then VOI LUT / window (scaled by its output range) or min-max."""
+    values = apply_modality_lut(pixels, ds)
+    try:
+        if ds.get("VOILUTSequence"):
+            values = np.rint(values).astype(np.int64)  # a LUT is indexed by integers
+            item = ds.VOILUTSequence[0]
+            first, count = int(item.LUTDescriptor[1]), int(item.LUTDescriptor[0] or 2**16)
+            out, table = apply_voi(values, ds), apply_voi(np.arange(first, first + count), ds)
+            lo, hi = float(table.min()), float(table.max())
+        elif "WindowCenter" in ds and "WindowWidth" in ds:
+            out = apply_windowing(values, ds)
+            lo, hi = (float(v) for v in apply_windowing(np.array([-np.inf, np.inf]), ds))
+        else:
+            return _stretch(values, *_value_range(path, values))
+    except (ValueError, NotImplementedError, AttributeError, KeyError) as e:
+        raise ImageReadError(path, f"invalid DICOM VOI LUT or window ({_summary(e)})") from None
+    if lo == hi:
+        raise ImageReadError(path, "invalid DICOM VOI LUT or window (empty output range)")
+    image = _stretch(out, lo, hi)
+    _value_range(path, image)
+    return image
+
+
+def _summary(error: BaseException) -> str:
+    """``Type: message`` on one line, at most 200 characters."""
+    text = " ".join(str(error).split())
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,0 +1,385 @@
+"""Segmentation and classification metrics: per image, aggregated with a bootstrap CI.
+
+Metrics take ``y_pred, y`` (prediction first) and apply no activation: masks are binary
+(bool or 0/1), probabilities are already probabilities.
+
+Empty-mask conventions (one rule, no NaN): a ratio whose denominator is zero is 1.0. The
+metric has nothing to count, so it reports no error of its own kind; the error shows in
+the other metrics. With TP, FP, FN, TN the pixel counts:
+
+- both masks empty: Dice = IoU = sensitivity = precision = 1, HD95 = 0.
+- prediction empty, truth not: Dice = IoU = sensitivity = 0, precision = 1 (no false
+  claim was made), HD95 = the image diagonal.
+- truth empty, prediction not: Dice = IoU = precision = 0, sensitivity = 1 (nothing to
+  find), HD95 = the image diagonal.
+- truth covers the whole image: specificity = 1 (nothing to reject).
+
+HD95 is MONAI's symmetric 95th-percentile Hausdorff distance between mask edges, in units
+of ``spacing`` (pixels by default). MONAI returns NaN when either mask is empty; cxrssl
+uses 0 (both empty) or the image diagonal ``sqrt((H sy)^2 + (W sx)^2)``, the largest
+distance possible in the image, so aggregates stay finite.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from monai.metrics import compute_hausdorff_distance
+from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
+
+from cxrssl.errors import CxrsslError
+
+METRIC_NAMES = ("dice", "iou", "sensitivity", "specificity", "precision", "hd95")
+
+
+class MetricError(CxrsslError, ValueError):
+    """Inputs a metric cannot be computed from (shapes, non-binary masks, one class only)."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean, sample std, percentile-bootstrap CI of the mean, count of finite values, NaNs."""
+
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+    n: int
+    n_nan: int = 0
+
+    def as_dict(self) -> dict[str, float | int]:
+        """Plain dict for JSON/CSV."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AucSummary:
+    """ROC AUC of one class with its percentile-bootstrap CI; NaN with a ``note`` if undefined."""
+
+    auc: float
+    ci_low: float
+    ci_high: float
+    n_pos: int
+    n_neg: int
+    note: str = ""
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        """Plain dict for JSON/CSV."""
+        return asdict(self)
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else 1.0
+
+
+def _check_binary(name: str, a: np.ndarray) -> None:
+    if a.dtype != np.bool_ and bool(((a != 0) & (a != 1)).any()):
+        raise MetricError(f"{name} must be binary (bool or 0/1), got values up to {a.max()}")
+
+
+def hausdorff95(
+    y_pred: np.ndarray, y: np.ndarray, spacing: float | Sequence[float] | None = None
+) -> float:
+    """Symmetric 95th-percentile Hausdorff distance of two binary masks (MONAI).
+
+    Args:
+        y_pred: predicted mask, (H, W) (any number of dims), bool or 0/1.
+        y: reference mask, same shape.
+        spacing: pixel size, one number or one per axis; None means 1.
+
+    Returns:
+        The distance; 0 when both are empty, the image diagonal when exactly one is.
+    """
+    p, t = np.ascontiguousarray(y_pred, dtype=bool), np.ascontiguousarray(y, dtype=bool)
+    p_any, t_any = bool(p.any()), bool(t.any())
+    if not p_any and not t_any:
+        return 0.0
+    if p_any != t_any:
+        sp = np.broadcast_to(np.asarray(1.0 if spacing is None else spacing, float), (p.ndim,))
+        return float(np.sqrt(np.sum((np.asarray(p.shape) * sp) ** 2)))
+    with warnings.catch_warnings():
+        # MONAI 1.5-1.6 passes a deprecated argument to itself on every call.
+        warnings.filterwarnings(
+            "ignore", message=".*always_return_as_numpy", category=FutureWarning
+        )
+        d = compute_hausdorff_distance(
+            torch.from_numpy(p)[None, None],
+            torch.from_numpy(t)[None, None],
+            include_background=True,
+            percentile=95,
+            spacing=spacing,
+        )
+    return float(d.item())
+
+
+def binary_metrics(
+    y_pred: np.ndarray,
+    y: np.ndarray,
+    spacing: float | Sequence[float] | None = None,
+    hd95: bool = True,
+) -> dict[str, float]:
+    """All segmentation metrics of one image; conventions for empty masks in the module doc.
+
+    Args:
+        y_pred: predicted mask, (H, W), bool or 0/1 (uint8 from ``cxrssl.io.read_mask``).
+        y: reference mask, same shape.
+        spacing: pixel size for HD95, one number or (sy, sx); None means pixels.
+        hd95: False skips the boundary distance (the slow part), leaving it out of the dict.
+
+    Returns:
+        ``{"dice", "iou", "sensitivity", "specificity", "precision"[, "hd95"]}`` as floats.
+
+    Raises:
+        MetricError: shapes differ or a mask is not binary.
+    """
+    p, t = np.asarray(y_pred), np.asarray(y)
+    if p.shape != t.shape:
+        raise MetricError(f"y_pred shape {p.shape} differs from y shape {t.shape}")
+    _check_binary("y_pred", p)
+    _check_binary("y", t)
+    p, t = p.astype(bool, copy=False), t.astype(bool, copy=False)
+    tp = int(np.count_nonzero(p & t))
+    n_pred, n_true = int(np.count_nonzero(p)), int(np.count_nonzero(t))
+    fp, fn = n_pred - tp, n_true - tp
+    tn = p.size - tp - fp - fn
+    out = {
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
+        "iou": _ratio(tp, tp + fp + fn),
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "precision": _ratio(tp, tp + fp),
+    }
+    if hd95:
+        out["hd95"] = hausdorff95(p, t, spacing)
+    return out
+
+
+def batch_metrics(y_pred: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-sample Dice, IoU, sensitivity, specificity, precision on tensors (no HD95, no sync).
+
+    Same conventions as :func:`binary_metrics`. Values are not checked (that would sync the
+    device): pass thresholded masks.
+
+    Args:
+        y_pred: binary prediction, (B, 1, H, W) (any trailing dims), bool or 0/1.
+        y: binary reference, same shape.
+
+    Returns:
+        Metric name -> float tensor (B,) on the input's device.
+
+    Raises:
+        MetricError: shapes differ.
+    """
+    if y_pred.shape != y.shape:
+        raise MetricError(f"y_pred shape {tuple(y_pred.shape)} differs from y {tuple(y.shape)}")
+    p = y_pred.reshape(y_pred.shape[0], -1).bool()
+    t = y.reshape(y.shape[0], -1).bool()
+    tp = (p & t).sum(1).float()
+    fp = p.sum(1).float() - tp
+    fn = t.sum(1).float() - tp
+    tn = p.shape[1] - tp - fp - fn
+
+    def ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+        return torch.where(den > 0, num / den.clamp_min(1), torch.ones_like(num))
+
+    return {
+        "dice": ratio(2 * tp, 2 * tp + fp + fn),
+        "iou": ratio(tp, tp + fp + fn),
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "precision": ratio(tp, tp + fp),
+    }
+
+
+def _check_ci(n_boot: int, ci: float) -> None:
+    if n_boot < 1:
+        raise MetricError(f"n_boot must be at least 1, got {n_boot}")
+    if not 0.0 < ci < 1.0:
+        raise MetricError(f"ci must lie in (0, 1), got {ci}")
+
+
+def aggregate(
+    values: Sequence[float] | np.ndarray, n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+) -> Summary:
+    """Mean, sample std (ddof=1; 0 for one value) and percentile-bootstrap CI of the mean.
+
+    NaN values are left out and counted in ``n_nan``. With no finite value every field is NaN.
+
+    Args:
+        values: one number per image (or per unit).
+        n_boot: bootstrap resamples.
+        ci: coverage of the interval, e.g. 0.95.
+        seed: seed of the resampling.
+    """
+    _check_ci(n_boot, ci)
+    v = np.asarray(values, dtype=np.float64).ravel()
+    nan = np.isnan(v)
+    v = v[~nan]
+    n, n_nan = int(v.size), int(nan.sum())
+    if n == 0:
+        return Summary(math.nan, math.nan, math.nan, math.nan, 0, n_nan)
+    mean = float(v.mean())
+    if n == 1:
+        return Summary(mean, 0.0, mean, mean, 1, n_nan)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    low, high = np.quantile(v[idx].mean(axis=1), [(1 - ci) / 2, (1 + ci) / 2])
+    return Summary(mean, float(v.std(ddof=1)), float(low), float(high), n, n_nan)
+
+
+def summarise(
+    rows: Sequence[Mapping[str, float]], n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+) -> dict[str, Summary]:
+    """:func:`aggregate` for every metric of per-image rows (a missing key counts as NaN).
+
+    Args:
+        rows: one dict per image, e.g. from :func:`binary_metrics`.
+        n_boot: bootstrap resamples.
+        ci: coverage of the interval.
+        seed: seed of the resampling (the same for every metric).
+
+    Returns:
+        Metric name (in order of first appearance) -> Summary.
+    """
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    return {
+        k: aggregate([r.get(k, math.nan) for r in rows], n_boot=n_boot, ci=ci, seed=seed)
+        for k in names
+    }
+
+
+def _scores_labels(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s, y = np.asarray(probs, dtype=np.float64).ravel(), np.asarray(labels).ravel()
+    if s.shape != y.shape:
+        raise MetricError(f"probs ({s.size} values) and labels ({y.size} values) differ in size")
+    _check_binary("labels", y)
+    classes = np.unique(y)
+    if classes.size < 2:
+        raise MetricError(f"labels hold only class {int(classes[0]) if classes.size else 'none'}")
+    return s, y.astype(bool)
+
+
+def threshold_for_sensitivity(probs: np.ndarray, labels: np.ndarray, target: float = 0.95) -> float:
+    """Highest threshold whose sensitivity reaches ``target`` (prediction: prob >= threshold).
+
+    Image level takes one probability per image; pixel level takes the flattened masks of a
+    validation set (both arrays are flattened here).
+
+    Args:
+        probs: probabilities, any shape.
+        labels: 0/1 labels, same number of values; both classes present.
+        target: wanted sensitivity in (0, 1].
+
+    Raises:
+        MetricError: sizes differ, labels not binary or of one class, target out of range.
+    """
+    if not 0.0 < target <= 1.0:
+        raise MetricError(f"target sensitivity must lie in (0, 1], got {target}")
+    s, y = _scores_labels(probs, labels)
+    _, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+    return float(thr[np.flatnonzero(tpr >= target)[0]])
+
+
+def threshold_youden(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Threshold maximising Youden's J = sensitivity + specificity - 1 (prob >= threshold).
+
+    Args and errors as :func:`threshold_for_sensitivity`.
+    """
+    s, y = _scores_labels(probs, labels)
+    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+    # Index 0 is sklearn's "predict nothing" point (threshold inf).
+    return float(thr[1:][np.argmax(tpr[1:] - fpr[1:])])
+
+
+def threshold_f1(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Threshold maximising F1 of the positive class (prob >= threshold).
+
+    Args and errors as :func:`threshold_for_sensitivity`.
+    """
+    s, y = _scores_labels(probs, labels)
+    precision, recall, thr = precision_recall_curve(y, s)
+    p, r = precision[:-1], recall[:-1]
+    f1 = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=(p + r) > 0)
+    return float(thr[np.argmax(f1)])
+
+
+def _bootstrap_auc(
+    scores: np.ndarray, labels: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
+    """ROC AUC of ``n_boot`` resamples at once (Mann-Whitney with ties); NaN for one-class ones.
+
+    Each resample is reduced to positive/negative counts per distinct score; AUC is
+    P(score_pos > score_neg) + P(tie) / 2, the value ``roc_auc_score`` gives on the resample.
+    """
+    n = scores.size
+    _, group = np.unique(scores, return_inverse=True)
+    n_groups = int(group.max()) + 1
+    out = np.empty(n_boot)
+    chunk = max(1, 4_000_000 // n)
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        idx = rng.integers(0, n, size=(b, n))
+        flat = (np.arange(b)[:, None] * n_groups + group[idx]).ravel()
+        pos_w = labels[idx].ravel().astype(np.float64)
+        pos = np.bincount(flat, weights=pos_w, minlength=b * n_groups).reshape(b, n_groups)
+        neg = np.bincount(flat, weights=1 - pos_w, minlength=b * n_groups).reshape(b, n_groups)
+        neg_below = np.cumsum(neg, axis=1) - neg
+        wins = (pos * (neg_below + 0.5 * neg)).sum(axis=1)
+        pairs = pos.sum(axis=1) * neg.sum(axis=1)
+        out[start : start + b] = np.divide(wins, pairs, out=np.full(b, np.nan), where=pairs > 0)
+    return out
+
+
+def roc_auc_per_class(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    class_names: Sequence[str],
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> dict[str, AucSummary]:
+    """ROC AUC of each class (scikit-learn) with a percentile-bootstrap CI.
+
+    Rows whose label is NaN (unknown, the torchxrayvision 1/0/NaN contract) are left out of
+    that class. A class with one label value only gets NaN and a note instead of an error.
+    Resamples holding one class only are dropped from the CI.
+
+    Args:
+        y_true: labels (N, C) of 0/1/NaN.
+        y_score: scores (N, C), probabilities or logits.
+        class_names: C names, the keys of the result.
+        n_boot: bootstrap resamples per class.
+        ci: coverage of the interval.
+        seed: seed of the resampling.
+
+    Raises:
+        MetricError: shapes or the number of names disagree.
+    """
+    _check_ci(n_boot, ci)
+    t, s = np.asarray(y_true, dtype=np.float64), np.asarray(y_score, dtype=np.float64)
+    if t.ndim != 2 or t.shape != s.shape or t.shape[1] != len(class_names):
+        raise MetricError(
+            f"y_true {t.shape} and y_score {s.shape} must both be (N, {len(class_names)})"
+        )
+    rng = np.random.default_rng(seed)
+    out: dict[str, AucSummary] = {}
+    for c, name in enumerate(class_names):
+        known = ~np.isnan(t[:, c])
+        labels, scores = t[known, c], s[known, c]
+        _check_binary(f"y_true of class {name!r}", labels)
+        n_pos = int(labels.sum())
+        n_neg = int(labels.size - n_pos)
+        if n_pos == 0 or n_neg == 0:
+            note = f"only {'negative' if n_pos == 0 else 'positive'} labels; AUC undefined"
+            out[name] = AucSummary(math.nan, math.nan, math.nan, n_pos, n_neg, note)
+            continue
+        auc = float(roc_auc_score(labels, scores))
+        boot = _bootstrap_auc(scores, labels.astype(bool), n_boot, rng)
+        boot = boot[~np.isnan(boot)]
+        low, high = np.quantile(boot, [(1 - ci) / 2, (1 + ci) / 2])
+        out[name] = AucSummary(auc, float(low), float(high), n_pos, n_neg)
+    return out

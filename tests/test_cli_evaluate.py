@@ -1,0 +1,92 @@
+"""``cxrssl evaluate-masks`` end to end on generated masks with hand-computed figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrssl.cli.main import main
+from cxrssl.io import write_mask
+
+
+def _pair(tmp_path: Path) -> tuple[Path, Path]:
+    pred_dir, true_dir = tmp_path / "pred", tmp_path / "true"
+    true = np.zeros((4, 4), np.uint8)
+    true[0, :] = 1
+    true[1, 0] = 1  # 5 positives
+    pred = np.zeros((4, 4), np.uint8)
+    pred[0, :3] = 1  # TP 3
+    pred[3, 3] = 1  # FP 1 -> FN 2, TN 10
+    write_mask(true_dir / "a.png", true)
+    write_mask(pred_dir / "a.png", pred)
+    return pred_dir, true_dir
+
+
+def test_hand_computed_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pred_dir, true_dir = _pair(tmp_path)
+    out_json, out_csv = tmp_path / "e.json", tmp_path / "e.csv"
+    code = main(
+        [
+            "evaluate-masks",
+            str(pred_dir),
+            str(true_dir),
+            "--json",
+            str(out_json),
+            "--csv",
+            str(out_csv),
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "dice" in text and "0.667" in text  # 2*3 / (2*3 + 1 + 2)
+    summary = json.loads(out_json.read_text())["summary"]
+    assert summary["dice"]["mean"] == pytest.approx(6 / 9)
+    assert summary["iou"]["mean"] == pytest.approx(3 / 6)
+    assert summary["sensitivity"]["mean"] == pytest.approx(3 / 5)
+    assert summary["specificity"]["mean"] == pytest.approx(10 / 11)
+    assert summary["precision"]["mean"] == pytest.approx(3 / 4)
+    rows = list(csv.DictReader(out_csv.open()))
+    assert rows[0]["file"] == "a" and float(rows[0]["dice"]) == pytest.approx(6 / 9)
+
+
+def test_missing_and_extra_are_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pred_dir, true_dir = _pair(tmp_path)
+    write_mask(true_dir / "only_true.png", np.ones((4, 4), np.uint8))
+    write_mask(pred_dir / "only_pred.png", np.ones((4, 4), np.uint8))
+    assert main(["evaluate-masks", str(pred_dir), str(true_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "missing predictions (1): only_true" in out
+    assert "predictions without a reference (1): only_pred" in out
+
+
+def test_size_mismatch_is_reported_not_dropped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pred_dir, true_dir = _pair(tmp_path)
+    write_mask(true_dir / "b.png", np.ones((4, 4), np.uint8))
+    write_mask(pred_dir / "b.png", np.ones((5, 4), np.uint8))
+    assert main(["evaluate-masks", str(pred_dir), str(true_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "failed: b:" in out and "b.png" in out
+
+
+def test_missing_folder_is_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["evaluate-masks", str(tmp_path / "nope"), str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cxrssl: error:") and "nope" in err and "Traceback" not in err
+
+
+def test_identical_real_masks_give_dice_one(
+    shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    masks = shared_data / "ieee8023_v7labs" / "masks"
+    assert main(["evaluate-masks", str(masks), str(masks), "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    dice_line = next(line for line in out.splitlines() if line.startswith("dice"))
+    assert "1.000 ± 0.000" in dice_line and dice_line.split()[-1] == "427"

@@ -1,0 +1,226 @@
+"""Metrics: hand-computed cases, empty-mask conventions, aggregation, thresholds, AUC."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from cxrssl.errors import CxrsslError
+from cxrssl.metrics import (
+    METRIC_NAMES,
+    MetricError,
+    _bootstrap_auc,
+    aggregate,
+    batch_metrics,
+    binary_metrics,
+    hausdorff95,
+    roc_auc_per_class,
+    summarise,
+    threshold_f1,
+    threshold_for_sensitivity,
+    threshold_youden,
+)
+
+
+def _pair_3_1_2_10() -> tuple[np.ndarray, np.ndarray]:
+    """4 x 4 pair with TP = 3, FP = 1, FN = 2, TN = 10."""
+    y = np.zeros((4, 4), np.uint8)
+    y[0, :] = 1  # 4 true pixels in row 0
+    y[1, 0] = 1  # 5th true pixel
+    p = np.zeros((4, 4), np.uint8)
+    p[0, :3] = 1  # 3 hits
+    p[3, 3] = 1  # 1 false positive
+    return p, y
+
+
+def test_hand_computed_pair() -> None:
+    p, y = _pair_3_1_2_10()
+    m = binary_metrics(p, y, hd95=False)
+    assert set(m) == set(METRIC_NAMES) - {"hd95"}
+    assert m["dice"] == pytest.approx(6 / 9)  # 2TP / (2TP + FP + FN)
+    assert m["iou"] == pytest.approx(3 / 6)
+    assert m["sensitivity"] == pytest.approx(3 / 5)
+    assert m["specificity"] == pytest.approx(10 / 11)
+    assert m["precision"] == pytest.approx(3 / 4)
+
+
+def _sq(size: int = 16, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    m = np.zeros((size, size), np.uint8)
+    if box is not None:
+        r0, r1, c0, c1 = box
+        m[r0:r1, c0:c1] = 1
+    return m
+
+
+DIAG16 = math.sqrt(16**2 + 16**2)
+FULL = (0, 16, 0, 16)
+SQUARE = (4, 8, 4, 8)
+
+# (prediction box, truth box, expected metrics): the documented empty-mask conventions.
+EMPTY_CASES = [
+    (None, None, {"dice": 1, "iou": 1, "sensitivity": 1, "specificity": 1, "precision": 1,
+                  "hd95": 0}),
+    (None, SQUARE, {"dice": 0, "iou": 0, "sensitivity": 0, "specificity": 1, "precision": 1,
+                    "hd95": DIAG16}),
+    (SQUARE, None, {"dice": 0, "iou": 0, "sensitivity": 1, "specificity": 240 / 256,
+                    "precision": 0, "hd95": DIAG16}),
+    (FULL, FULL, {"dice": 1, "iou": 1, "sensitivity": 1, "specificity": 1, "precision": 1,
+                  "hd95": 0}),
+    (SQUARE, FULL, {"dice": 32 / 272, "iou": 16 / 256, "sensitivity": 16 / 256,
+                    "specificity": 1, "precision": 1}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("pred", "true", "expected"), EMPTY_CASES)
+def test_empty_mask_conventions(
+    pred: tuple[int, int, int, int] | None,
+    true: tuple[int, int, int, int] | None,
+    expected: dict[str, float],
+) -> None:
+    m = binary_metrics(_sq(box=pred), _sq(box=true))
+    for k, v in expected.items():
+        assert m[k] == pytest.approx(v), k
+    assert all(math.isfinite(v) for v in m.values())
+
+
+def test_hd95_known_distances() -> None:
+    a, b = _sq(box=(5, 6, 5, 6)), _sq(box=(5, 6, 8, 9))  # two pixels 3 columns apart
+    assert hausdorff95(a, b) == pytest.approx(3.0)
+    assert hausdorff95(a, b, spacing=(2.0, 0.5)) == pytest.approx(1.5)
+    shifted = _sq(box=(4, 8, 6, 10))  # SQUARE moved 2 columns right
+    assert binary_metrics(_sq(box=SQUARE), shifted)["hd95"] == pytest.approx(2.0)
+    assert hausdorff95(_sq(box=SQUARE), shifted, spacing=0.5) == pytest.approx(1.0)
+    assert hausdorff95(_sq(box=SQUARE), _sq(box=SQUARE)) == 0.0
+
+
+def test_hd95_one_empty_is_diagonal_in_spacing_units() -> None:
+    d = hausdorff95(_sq(), _sq(box=SQUARE), spacing=(1.0, 2.0))
+    assert d == pytest.approx(math.sqrt(16**2 + 32**2))
+
+
+def test_bool_masks_accepted_and_bad_inputs_rejected() -> None:
+    p, y = _pair_3_1_2_10()
+    assert binary_metrics(p.astype(bool), y.astype(bool), hd95=False) == binary_metrics(
+        p, y, hd95=False
+    )
+    with pytest.raises(MetricError, match=r"must be binary .* got values up to 255"):
+        binary_metrics(p * 255, y)
+    with pytest.raises(CxrsslError, match=r"y_pred shape \(4, 4\) differs from y shape \(4, 5\)"):
+        binary_metrics(p, np.zeros((4, 5), np.uint8))
+
+
+def test_batch_metrics_match_per_image() -> None:
+    rng = np.random.default_rng(1)
+    masks = rng.random((6, 2, 1, 8, 8)) > 0.6
+    masks[0, :] = False  # both empty
+    masks[1, 0] = False  # prediction empty
+    masks[2, 1] = False  # truth empty
+    masks[3, 1] = True  # truth covers everything
+    pred, true = torch.from_numpy(masks[:, 0]), torch.from_numpy(masks[:, 1]).float()
+    out = batch_metrics(pred, true)
+    for i in range(6):
+        ref = binary_metrics(masks[i, 0, 0], masks[i, 1, 0], hd95=False)
+        for k, v in ref.items():
+            assert out[k][i].item() == pytest.approx(v, abs=1e-6), (i, k)
+    assert out["dice"].shape == (6,)
+    with pytest.raises(MetricError, match=r"differs from y"):
+        batch_metrics(pred, true[:, :, :4])
+
+
+def test_aggregate_matches_numpy_and_ci_is_sensible() -> None:
+    v = np.random.default_rng(0).normal(0.8, 0.1, size=200)
+    s = aggregate(v, n_boot=2000, seed=3)
+    assert s.mean == pytest.approx(v.mean())
+    assert s.std == pytest.approx(v.std(ddof=1))
+    assert s.n == 200 and s.n_nan == 0
+    assert s.ci_low < s.mean < s.ci_high
+    # percentile bootstrap of a mean ~ normal interval 2 * 1.96 * sd / sqrt(n)
+    assert s.ci_high - s.ci_low == pytest.approx(2 * 1.96 * v.std(ddof=1) / math.sqrt(200), rel=0.1)
+    assert aggregate(v, n_boot=2000, seed=3) == s
+    assert aggregate(v, n_boot=2000, ci=0.5, seed=3).ci_low > s.ci_low
+
+
+def test_aggregate_edge_cases() -> None:
+    s = aggregate([0.5, math.nan, 0.7, math.nan])
+    assert (s.n, s.n_nan) == (2, 2)
+    assert s.mean == pytest.approx(0.6)
+    one = aggregate([0.4])
+    assert (one.mean, one.std, one.ci_low, one.ci_high, one.n) == (0.4, 0.0, 0.4, 0.4, 1)
+    none = aggregate([math.nan])
+    assert none.n == 0 and none.n_nan == 1 and math.isnan(none.mean)
+    with pytest.raises(MetricError, match=r"ci must lie in \(0, 1\), got 95"):
+        aggregate([1.0, 2.0], ci=95)
+
+
+def test_summarise_rows() -> None:
+    rows = [{"dice": 1.0, "iou": 1.0}, {"dice": 0.5}, {"dice": 0.0, "iou": 0.0}]
+    out = summarise(rows, n_boot=100)
+    assert list(out) == ["dice", "iou"]
+    assert out["dice"].mean == pytest.approx(0.5) and out["dice"].n == 3
+    assert (out["iou"].n, out["iou"].n_nan) == (2, 1)
+    assert out["dice"].as_dict()["n"] == 3
+
+
+# probabilities 0.1 .. 1.0; positives at 0.4 and 0.6 .. 1.0 (6 positives, 4 negatives)
+PROBS = np.round(np.arange(1, 11) / 10, 1)
+LABELS = np.array([0, 0, 0, 1, 0, 1, 1, 1, 1, 1])
+
+
+def test_threshold_for_sensitivity() -> None:
+    assert threshold_for_sensitivity(PROBS, LABELS, target=0.95) == pytest.approx(0.4)
+    assert threshold_for_sensitivity(PROBS, LABELS, target=0.8) == pytest.approx(0.6)  # 5/6
+    assert threshold_for_sensitivity(PROBS, LABELS, target=0.5) == pytest.approx(0.8)  # 3/6
+    with pytest.raises(MetricError, match=r"target sensitivity must lie in \(0, 1\], got 0"):
+        threshold_for_sensitivity(PROBS, LABELS, target=0)
+
+
+def test_youden_and_f1_thresholds_differ_as_computed_by_hand() -> None:
+    # at 0.6: sens 5/6, spec 1 -> J 0.833, F1 10/11; at 0.4: sens 1, spec 3/4 -> J 0.75, F1 12/13
+    assert threshold_youden(PROBS, LABELS) == pytest.approx(0.6)
+    assert threshold_f1(PROBS, LABELS) == pytest.approx(0.4)
+
+
+def test_thresholds_take_pixel_maps_and_reject_one_class() -> None:
+    probs = PROBS.reshape(2, 5)
+    assert threshold_youden(probs, LABELS.reshape(2, 5)) == pytest.approx(0.6)
+    with pytest.raises(MetricError, match=r"labels hold only class 0"):
+        threshold_f1(PROBS, np.zeros(10))
+    with pytest.raises(MetricError, match=r"probs \(10 values\) and labels \(9 values\)"):
+        threshold_youden(PROBS, LABELS[:9])
+
+
+def test_bootstrap_auc_equals_sklearn_on_each_resample() -> None:
+    rng = np.random.default_rng(5)
+    n = 40
+    labels = rng.random(n) < 0.3
+    scores = np.round(rng.random(n) + 0.4 * labels, 1)  # rounded: ties
+    boot = _bootstrap_auc(scores, labels, 50, np.random.default_rng(9))
+    idx = np.random.default_rng(9).integers(0, n, size=(50, n))
+    for b, r in enumerate(idx):
+        if labels[r].all() or not labels[r].any():
+            assert math.isnan(boot[b])
+        else:
+            assert boot[b] == pytest.approx(roc_auc_score(labels[r], scores[r]), abs=1e-12)
+
+
+def test_roc_auc_per_class() -> None:
+    rng = np.random.default_rng(2)
+    n = 300
+    y = (rng.random((n, 3)) < 0.3).astype(float)
+    s = rng.random((n, 3)) + y * np.array([0.6, 0.1, 0.0])
+    y[:50, 1] = np.nan  # unknown labels of class b
+    y[:, 2] = 0.0  # class c: no positives
+    out = roc_auc_per_class(y, s, ["a", "b", "c"], n_boot=500)
+    assert out["a"].auc == pytest.approx(roc_auc_score(y[:, 0], s[:, 0]))
+    assert out["b"].auc == pytest.approx(roc_auc_score(y[50:, 1], s[50:, 1]))
+    assert out["b"].n_pos + out["b"].n_neg == n - 50
+    for k in "ab":
+        assert out[k].ci_low < out[k].auc < out[k].ci_high
+    assert out["a"].ci_low > out["b"].ci_high  # a separates far better
+    assert math.isnan(out["c"].auc) and out["c"].note == "only negative labels; AUC undefined"
+    with pytest.raises(MetricError, match=r"must both be \(N, 2\)"):
+        roc_auc_per_class(y, s, ["a", "b"])
