@@ -1,0 +1,100 @@
+"""The ieee8023 COVID-19 image data collection, as staged in ``../shared/data``.
+
+J. P. Cohen, P. Morrison, L. Dao, "COVID-19 Image Data Collection", arXiv:2003.11597 (2020),
+https://github.com/ieee8023/covid-chestxray-dataset. Licences vary per image (see each
+folder's ``SOURCE.md``).
+
+Two layouts:
+
+- segmentation folders (``ieee8023_v7labs``, ``ieee8023_generalblockchain``): ``images/``,
+  ``masks*/`` and ``labels.csv`` (``filename``, ``patient_id``); read as folder datasets
+  without labels (all columns go to ``Record.meta``).
+- the classification table (``ieee8023_covid_chestxray_labels``): ``labels.csv`` with
+  ``image_relpath`` (relative to the folder above this one), ``finding`` (findings joined by
+  ``", "``) and ``patient_group_id`` (the patient id with duplicated rows merged), used as
+  the patient. Labels are the findings present, in alphabetical order; ``No Finding`` rows
+  are all zero.
+
+The two mask folders share 64 images of 45 patients: split them by patient together.
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from pathlib import Path
+
+from cxrssl.data.datasets import DatasetWarning, FolderDataset, Record
+from cxrssl.errors import DatasetError
+
+__all__ = ["NO_FINDING", "covid_labels", "load"]
+
+NO_FINDING = "No Finding"
+_RELPATH = "image_relpath"
+
+
+def load(root: str | Path) -> FolderDataset:
+    """Read either ieee8023 layout, chosen by the columns of ``root/labels.csv``.
+
+    Raises:
+        DatasetError: missing folder or table (the message names the path).
+    """
+    root = Path(root)
+    table = root / "labels.csv"
+    if not table.is_file():
+        raise DatasetError(f"{table}: ieee8023 labels table not found")
+    with table.open(newline="", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f), [])
+    if _RELPATH in header:
+        return covid_labels(root)
+    return FolderDataset.from_folder(
+        root,
+        file_column="filename",
+        patient_column="patient_id",
+        label_columns=(),
+        name=root.name,
+    )
+
+
+def covid_labels(root: str | Path) -> FolderDataset:
+    """Read the classification table; images are found through ``image_relpath``.
+
+    Rows whose image is missing are dropped with one :class:`DatasetWarning`.
+
+    Raises:
+        DatasetError: the table lacks ``image_relpath``, ``finding`` or ``patient_group_id``.
+    """
+    root = Path(root)
+    table = root / "labels.csv"
+    try:
+        with table.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+    except FileNotFoundError:
+        raise DatasetError(f"{table}: ieee8023 labels table not found") from None
+    needed = [c for c in (_RELPATH, "finding", "patient_group_id") if c not in header]
+    if needed:
+        raise DatasetError(f"{table}: no columns {needed} (columns: {header})")
+    findings = [_findings(r["finding"]) for r in rows]
+    names = sorted(set().union(*findings) - {NO_FINDING})
+    records, missing = [], []
+    for row, found in zip(rows, findings, strict=True):
+        path = root.parent / row[_RELPATH]
+        if not path.is_file():
+            missing.append(row[_RELPATH])
+            continue
+        labels = {n: float(n in found) for n in names}
+        meta = {k: v or "" for k, v in row.items() if k not in (_RELPATH, "patient_group_id")}
+        records.append(Record(path, row["patient_group_id"].strip() or None, {}, labels, meta))
+    if missing:
+        warnings.warn(
+            f"{table}: {len(missing)} image(s) not found, rows dropped: {', '.join(missing[:5])}",
+            DatasetWarning,
+            stacklevel=2,
+        )
+    return FolderDataset(records, root=root, name=root.name, label_names=names)
+
+
+def _findings(text: str) -> set[str]:
+    return {part.strip() for part in text.split(",") if part.strip()}
