@@ -18,7 +18,7 @@ from cxrssl import __version__
 from cxrssl.errors import CxrsslError
 
 # Verb modules, in the order of the data path.
-VERB_MODULES = ("masks", "train", "evaluate", "demo")
+VERB_MODULES = ("data", "masks", "train", "evaluate", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
