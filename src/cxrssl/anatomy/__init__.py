@@ -1,0 +1,28 @@
+"""Rule-based chest anatomy: lung fields, regions, pathology candidates, lung-box crops.
+
+In memory (training pipelines): ``lung_masks`` / ``lung_mask``, ``regions``,
+``pathology_map``, ``lung_box``. On folders (the ``cxrssl masks`` CLI): ``run_masks``.
+"""
+
+from cxrssl.anatomy._image import AnatomyError
+from cxrssl.anatomy.crop import crop_image, lung_box
+from cxrssl.anatomy.engine import KINDS, RunSummary, run_masks
+from cxrssl.anatomy.lungs import METHODS, LungMasks, lung_mask, lung_masks
+from cxrssl.anatomy.pathology import pathology_map
+from cxrssl.anatomy.regions import REGION_NAMES, regions
+
+__all__ = [
+    "KINDS",
+    "METHODS",
+    "REGION_NAMES",
+    "AnatomyError",
+    "LungMasks",
+    "RunSummary",
+    "crop_image",
+    "lung_box",
+    "lung_mask",
+    "lung_masks",
+    "pathology_map",
+    "regions",
+    "run_masks",
+]
