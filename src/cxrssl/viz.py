@@ -1,4 +1,8 @@
-"""Contour overlays a person can scan: masks drawn as outlines on the radiograph."""
+"""Contour overlays a person can scan: masks drawn as outlines on the radiograph.
+
+One set of drawing helpers for every overlay in cxrssl (rule-based masks, predictions
+against expert masks in reports).
+"""
 
 from __future__ import annotations
 
@@ -7,43 +11,69 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-GREEN = (0, 200, 0)  # BGR: reference / expert
-RED = (0, 0, 255)  # BGR: prediction
-YELLOW = (0, 220, 255)
+GREEN = (0, 200, 0)  # BGR: reference / expert, or the patient's right lung
+RED = (0, 0, 255)  # BGR: prediction, pathology
+BLUE = (255, 128, 0)  # BGR: the patient's left lung
+YELLOW = (0, 255, 255)  # BGR: boxes, captions
+
+
+def canvas(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """The radiograph as a BGR uint8 picture whose long side is at most ``max_side``.
+
+    Args:
+        image: (H, W) float in [0, 1] or uint8.
+        max_side: longest side of the picture (never enlarged).
+
+    Returns:
+        (picture (h, w, 3) uint8, scale from image to picture pixels).
+    """
+    grey = image if image.dtype == np.uint8 else np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+    height, width = grey.shape
+    scale = min(1.0, max_side / max(height, width))
+    size = (max(round(width * scale), 1), max(round(height * scale), 1))
+    small = cv2.resize(grey, size, interpolation=cv2.INTER_AREA) if scale < 1 else grey
+    return cv2.cvtColor(small, cv2.COLOR_GRAY2BGR), scale
+
+
+def outline(picture: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> None:
+    """Draw the outline of ``mask`` (any size, {0, 1}) on ``picture`` in place."""
+    if mask.shape != picture.shape[:2]:
+        size = (picture.shape[1], picture.shape[0])
+        mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    thickness = 1 if max(picture.shape[:2]) < 400 else 2
+    cv2.drawContours(picture, contours, -1, colour, thickness, lineType=cv2.LINE_AA)
+
+
+def caption(picture: np.ndarray, text: str, colour: tuple[int, int, int] = YELLOW) -> None:
+    """Write ``text`` in the top-left corner of ``picture``, in place, legible on any grey."""
+    for ink, width in (((0, 0, 0), 3), (colour, 1)):
+        cv2.putText(picture, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, ink, width, cv2.LINE_AA)
 
 
 def overlay(
     image: np.ndarray,
     masks: Sequence[tuple[np.ndarray, tuple[int, int, int]]],
     text: str = "",
-    width: int = 320,
+    max_side: int = 320,
 ) -> np.ndarray:
-    """Draw each mask's outline on the image, scaled to ``width`` pixels wide.
+    """The radiograph with each mask's outline, in order, and an optional caption.
 
     Args:
         image: (H, W) float in [0, 1] or uint8.
-        masks: (mask (H, W) {0, 1}, BGR colour) pairs, drawn in order.
-        text: a caption written in the top-left corner.
-        width: output width; the height keeps the aspect ratio.
+        masks: (mask (H, W) {0, 1}, BGR colour) pairs.
+        text: caption.
+        max_side: longest side of the picture.
 
     Returns:
-        (h, width, 3) uint8 BGR image.
+        (h, w, 3) uint8 BGR picture.
     """
-    grey = image if image.dtype == np.uint8 else np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
-    height = max(1, round(grey.shape[0] * width / grey.shape[1]))
-    canvas = cv2.cvtColor(
-        cv2.resize(grey, (width, height), interpolation=cv2.INTER_AREA), cv2.COLOR_GRAY2BGR
-    )
+    picture, _ = canvas(image, max_side)
     for mask, colour in masks:
-        small = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
-        contours, _ = cv2.findContours(small, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(canvas, contours, -1, colour, 2, lineType=cv2.LINE_AA)
+        outline(picture, mask, colour)
     if text:
-        cv2.putText(canvas, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(
-            canvas, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA
-        )
-    return canvas
+        caption(picture, text)
+    return picture
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -6,20 +6,9 @@ import cv2
 import numpy as np
 
 from cxrssl.anatomy.crop import Box
+from cxrssl.viz import BLUE, GREEN, RED, YELLOW, canvas, caption, outline
 
 MAX_SIDE = 768  # overlays are shrunk to this long side (px)
-RIGHT_COLOUR = (0, 200, 0)  # BGR: patient's right lung (image left)
-LEFT_COLOUR = (255, 128, 0)  # BGR: patient's left lung (image right)
-PATHOLOGY_COLOUR = (0, 0, 255)
-BOX_COLOUR = (0, 255, 255)
-
-
-def _outline(canvas: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> None:
-    if mask.shape != canvas.shape[:2]:
-        size = (canvas.shape[1], canvas.shape[0])
-        mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
-    contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(canvas, contours, -1, colour, 1 if max(canvas.shape) < 400 else 2)
 
 
 def draw_overlay(
@@ -44,19 +33,14 @@ def draw_overlay(
     Returns:
         (h, w, 3) uint8 BGR picture, long side at most ``MAX_SIDE``.
     """
-    height, width = image.shape
-    scale = min(1.0, MAX_SIDE / max(height, width))
-    size = (max(round(width * scale), 1), max(round(height * scale), 1))
-    canvas = cv2.cvtColor(cv2.resize(image, size, interpolation=cv2.INTER_AREA), cv2.COLOR_GRAY2BGR)
-    _outline(canvas, right, RIGHT_COLOUR)
-    _outline(canvas, left, LEFT_COLOUR)
+    picture, scale = canvas(image, MAX_SIDE)
+    outline(picture, right, GREEN)
+    outline(picture, left, BLUE)
     if extra is not None:
         for label in np.unique(extra)[1:]:
-            _outline(canvas, (extra == label).astype(np.uint8), PATHOLOGY_COLOUR)
+            outline(picture, (extra == label).astype(np.uint8), RED)
     if box is not None:
         x0, y0, x1, y1 = (round(v * scale) for v in box)
-        cv2.rectangle(canvas, (x0, y0), (max(x1 - 1, x0), max(y1 - 1, y0)), BOX_COLOUR, 1)
-    text = f"quality {quality:.2f}"
-    cv2.putText(canvas, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3)
-    cv2.putText(canvas, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 255, 255), 1)
-    return canvas
+        cv2.rectangle(picture, (x0, y0), (max(x1 - 1, x0), max(y1 - 1, y0)), YELLOW, 1)
+    caption(picture, f"quality {quality:.2f}")
+    return picture
