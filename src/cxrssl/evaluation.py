@@ -15,6 +15,7 @@ from pathlib import Path
 from cxrssl.errors import CxrsslError, DatasetError
 from cxrssl.io import IMAGE_SUFFIXES, read_mask
 from cxrssl.metrics import Summary, binary_metrics, summarise
+from cxrssl.parallel import pool_context
 
 
 @dataclass
@@ -70,7 +71,7 @@ def evaluate_mask_folders(pred_dir: Path, true_dir: Path, workers: int = 1) -> M
         raise DatasetError(f"{pred_dir} and {true_dir} share no mask file stem")
     pairs = [(trues[s], preds[s]) for s in stems]
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
             results = list(pool.map(_pair_metrics, pairs, chunksize=16))
     else:
         results = [_pair_metrics(p) for p in pairs]

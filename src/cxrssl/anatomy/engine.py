@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import multiprocessing
 import os
 import time
 from dataclasses import dataclass
@@ -33,13 +32,13 @@ import numpy as np
 
 from cxrssl.anatomy._image import AnatomyError
 from cxrssl.anatomy.crop import lung_box
-from cxrssl.anatomy.decode import decode_gray8
 from cxrssl.anatomy.lungs import METHODS, lung_masks
 from cxrssl.anatomy.overlay import draw_overlay
 from cxrssl.anatomy.pathology import pathology_map
 from cxrssl.anatomy.regions import regions
 from cxrssl.errors import CxrsslError
-from cxrssl.io import is_image_file
+from cxrssl.io import is_image_file, read_gray8
+from cxrssl.parallel import pool_context
 
 KINDS = ("lungs", "regions", "pathology", "crop")
 VERSION = "1"  # part of the cache key: bump whenever an output or the entry format changes
@@ -185,7 +184,7 @@ def _process(path_text: str) -> _Result:
             png, quality, box = found
         else:
             status = "written"
-            png, quality, box = _compute(decode_gray8(path, data), s)
+            png, quality, box = _compute(read_gray8(path, data), s)
             if entry is not None:
                 _store(entry, png, quality, box)
         if png:  # a derived file, rewritten by every run: no need for a rename
@@ -308,7 +307,7 @@ def run_masks(
             cv2.setNumThreads(previous)
     else:
         chunk = max(1, min(32, len(paths) // (4 * workers)))
-        with multiprocessing.Pool(workers, _init_worker, (settings,)) as pool:
+        with pool_context().Pool(workers, _init_worker, (settings,)) as pool:
             results = list(pool.imap_unordered(_process, paths, chunksize=chunk))
     results += [_Result(name, "failed", reason, 0.0, None) for name, reason in clashes]
     failures_csv = _write_tables(out_dir, kind, results)
