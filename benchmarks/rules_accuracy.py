@@ -22,9 +22,8 @@ import numpy as np
 
 from cxrssl.anatomy import METHODS, lung_mask, lung_masks
 from cxrssl.anatomy.baselines import seed_pathology
-from cxrssl.anatomy.decode import decode_gray8
 from cxrssl.anatomy.pathology import pathology_map
-from cxrssl.io import read_mask
+from cxrssl.io import read_gray8, read_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {
@@ -35,7 +34,7 @@ DATASETS = {
 
 
 def _read(path: Path) -> np.ndarray:
-    return decode_gray8(path, path.read_bytes())
+    return read_gray8(path)
 
 
 def _folder(name: str, data: Path) -> Path:

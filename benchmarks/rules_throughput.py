@@ -4,7 +4,7 @@ Builds a temporary folder of N 512 px PNG files (real radiographs from ``--data`
 built-in sample scaled to 512 px; copies carry a numbered text chunk so that every file has
 its own bytes and the content-hash cache cannot shortcut them) and measures, in turn:
 
-- decode only: ``decode_gray8`` of every file in one thread (the floor for any tool);
+- decode only: ``cxrssl.io.read_gray8`` of every file in one thread (the floor for any tool);
 - seed recipe: read, seed option 1, write, in one thread, written straightforwardly;
 - engine: ``run_masks`` (read, default method, write) with 1 and 2 workers, no cache;
 - CLI: ``cxrssl masks lungs IN OUT --workers 2`` as a new process (cold cache), then again
@@ -35,8 +35,8 @@ import cv2
 import numpy as np
 
 from cxrssl.anatomy.baselines import seed_lungs
-from cxrssl.anatomy.decode import decode_gray8
 from cxrssl.anatomy.engine import run_masks
+from cxrssl.io import read_gray8
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "src" / "cxrssl" / "data" / "sample" / "images"
@@ -88,7 +88,7 @@ def timed(work: Callable[[], object]) -> float:
 
 def decode_all(paths: list[Path]) -> None:
     for path in paths:
-        decode_gray8(path, path.read_bytes())
+        read_gray8(path)
 
 
 @contextlib.contextmanager

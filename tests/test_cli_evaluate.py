@@ -86,7 +86,7 @@ def test_identical_real_masks_give_dice_one(
     shared_data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     masks = shared_data / "ieee8023_v7labs" / "masks"
-    assert main(["evaluate-masks", str(masks), str(masks), "--workers", "2"]) == 0
+    assert main(["evaluate-masks", str(masks), str(masks)]) == 0
     out = capsys.readouterr().out
     dice_line = next(line for line in out.splitlines() if line.startswith("dice"))
     assert "1.000 ± 0.000" in dice_line and dice_line.split()[-1] == "427"

@@ -1,5 +1,6 @@
-"""Tests of cxrssl.io: every format and bit depth read to the expected grey levels, DICOM
-orientation and windowing, one ImageReadError per bad input, quiet reading of the real data."""
+"""Tests of cxrssl.io: every format and bit depth read to the expected grey levels (float and
+8-bit readers agree), DICOM orientation and windowing, one ImageReadError per bad input from
+both readers, quiet reading of the real data."""
 
 from __future__ import annotations
 
@@ -25,7 +26,14 @@ from pydicom.uid import (
 )
 
 from cxrssl.errors import ImageReadError
-from cxrssl.io import IMAGE_SUFFIXES, is_image_file, read_image, read_mask, write_mask
+from cxrssl.io import (
+    IMAGE_SUFFIXES,
+    is_image_file,
+    read_gray8,
+    read_image,
+    read_mask,
+    write_mask,
+)
 
 # ---------------------------------------------------------------- fixture writers
 
@@ -115,10 +123,10 @@ _PALETTE = bytes([0, 0, 0, 255, 255, 255, 255, 0, 0, 128, 128, 128])  # RGB entr
 RASTER_CASES: dict[str, tuple[str, Callable[[], bytes], np.ndarray]] = {
     "png-grey-8": (".png", lambda: _encode(".png", _GREY), _GREY / 255),
     "png-grey-16": (".png", lambda: _encode(".png", _GREY.astype(np.uint16) * 257), _GREY / 255),
-    "png-grey-16-dtype-max": (
+    "png-grey-16-bits-stored": (
         ".png",
-        lambda: _encode(".png", np.array([[0, 4095]], np.uint16)),  # 12 bits in 16: kept dark
-        np.array([[0, 4095 / 65535]]),
+        lambda: _encode(".png", np.array([[0, 1000, 4095]], np.uint16)),  # 12 bits in 16
+        np.array([[0, 1000 / 4095, 1]]),
     ),
     "png-grey-1bit": (
         ".png",
@@ -205,6 +213,38 @@ def test_read_image_formats(case: str, tmp_path: Path, capfd: pytest.CaptureFixt
     assert capfd.readouterr().err == ""
 
 
+def _gray8_of(image: np.ndarray) -> np.ndarray:
+    """The 8-bit image ``read_gray8`` must return for ``read_image``'s ``image``."""
+    return np.round(image * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("case", RASTER_CASES)
+def test_read_gray8_is_read_image_rounded(
+    case: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    suffix, make, _ = RASTER_CASES[case]
+    path = tmp_path / f"image{suffix}"
+    data = make()
+    path.write_bytes(data)
+    expected = _gray8_of(read_image(path))
+    for gray in (read_gray8(path), read_gray8(str(path), data)):
+        assert gray.dtype == np.uint8
+        np.testing.assert_array_equal(gray, expected)
+    assert capfd.readouterr().err == ""
+
+
+def test_read_gray8_of_every_8_bit_level_and_colour_chunks(tmp_path: Path) -> None:
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    path = tmp_path / "levels.png"
+    path.write_bytes(_png(levels, color_type=0, extra=(_iccp_chunk(), (b"gAMA", b"\0\0\xb1\x8f"))))
+    np.testing.assert_array_equal(read_gray8(path), levels)  # the 8-bit values, untouched
+    np.testing.assert_array_equal(_gray8_of(read_image(path)), levels)  # float round trip
+    colour = tmp_path / "colour.png"
+    bgr = np.dstack([levels, levels[::-1], levels.T]).copy()
+    colour.write_bytes(_encode(".png", bgr))
+    np.testing.assert_array_equal(read_gray8(colour), cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+
+
 def test_unicode_path_and_uppercase_suffix(tmp_path: Path) -> None:
     path = tmp_path / "röntgen 胸部" / "IMAGE.PNG"
     path.parent.mkdir()
@@ -287,6 +327,20 @@ def test_dicom_rgb_becomes_grey(tmp_path: Path) -> None:
     np.testing.assert_allclose(image, _BGR_GREY, atol=0.6 / 255)
 
 
+def test_read_gray8_of_dicom_is_read_image_rounded(tmp_path: Path) -> None:
+    files = [
+        _dicom(tmp_path / "m1.dcm", _STORED, "MONOCHROME1", BitsStored=12),
+        _dicom(tmp_path / "win.dcm", _STORED, WindowCenter=2000, WindowWidth=3000),
+        _dicom(tmp_path / "rgb.dcm", _BGR[:, :, ::-1].astype(np.uint8).copy(), "RGB"),
+        _dicom(tmp_path / "1.2.840.113619.2.55", _STORED),
+    ]
+    for path in files:
+        gray = read_gray8(path)
+        assert gray.dtype == np.uint8
+        np.testing.assert_array_equal(gray, _gray8_of(read_image(path)))
+    np.testing.assert_array_equal(read_gray8(files[0])[1], [68, 6, 0])  # 255 * (1 - x / 4095)
+
+
 def test_extensionless_dicom_found_by_marker(tmp_path: Path) -> None:
     path = _dicom(tmp_path / "1.2.840.113619.2.55", _STORED)
     plain = _dicom(tmp_path / "IM0001", _STORED)
@@ -357,10 +411,14 @@ def test_bad_files_raise_naming_file_and_problem(
     data = make()
     if data is not None:
         path.write_bytes(data)
-    with pytest.raises(ImageReadError, match=message) as info:
-        read_image(path)
-    assert info.value.path == path
-    assert str(info.value).startswith(str(path) + ": ")
+    readers: list[Callable[[], np.ndarray]] = [lambda: read_image(path), lambda: read_gray8(path)]
+    if data is not None:
+        readers.append(lambda: read_gray8(path, data))
+    for read in readers:
+        with pytest.raises(ImageReadError, match=message) as info:
+            read()
+        assert info.value.path == path
+        assert str(info.value).startswith(str(path) + ": ")
     if case != "png-corrupt-data":  # libpng reports the bad stream itself
         assert capfd.readouterr().err == ""  # detected before OpenCV prints anything
 
@@ -373,8 +431,9 @@ def test_directory_refused(tmp_path: Path) -> None:
 def test_multi_page_tiff_refused(tmp_path: Path) -> None:
     path = tmp_path / "stack.tif"
     assert cv2.imwritemulti(str(path), [_GREY, _GREY, _GREY])
-    with pytest.raises(ImageReadError, match=r"3-D image: multi-page TIFF with 3 pages"):
-        read_image(path)
+    for read in (read_image, read_gray8):
+        with pytest.raises(ImageReadError, match=r"3-D image: multi-page TIFF with 3 pages"):
+            read(path)
 
 
 def test_multi_frame_dicom_refused(tmp_path: Path) -> None:
@@ -387,6 +446,8 @@ def test_constant_dicom_refused(tmp_path: Path) -> None:
     path = _dicom(tmp_path / "flat.dcm", np.full((3, 3), 500, np.uint16))
     with pytest.raises(ImageReadError, match=r"flat\.dcm: constant image \(every pixel is 500\)"):
         read_image(path)
+    with pytest.raises(ImageReadError, match=r"flat\.dcm: constant image \(every pixel is 500\)"):
+        read_gray8(path)
 
 
 def test_truncated_dicom_refused(tmp_path: Path) -> None:
@@ -501,6 +562,7 @@ def test_all_shared_pngs_read_quietly(shared_data: Path, capfd: pytest.CaptureFi
             image = read_image(path)
             assert image.dtype == np.float32
             assert 0 <= image.min() < image.max() <= 1
+            np.testing.assert_array_equal(read_gray8(path), _gray8_of(image), err_msg=str(path))
             shapes[path.parent.parent, path.name] = image.shape
         for path in masks:
             mask = read_mask(path, shape=shapes.get((path.parent.parent, path.name)))

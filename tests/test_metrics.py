@@ -224,3 +224,23 @@ def test_roc_auc_per_class() -> None:
     assert math.isnan(out["c"].auc) and out["c"].note == "only negative labels; AUC undefined"
     with pytest.raises(MetricError, match=r"must both be \(N, 2\)"):
         roc_auc_per_class(y, s, ["a", "b"])
+
+
+def test_hd95_matches_monai_on_random_shapes() -> None:
+    import cv2
+
+    from cxrssl.metrics import _hausdorff95_monai
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(60):
+        h, w = (int(v) for v in rng.integers(5, 70, 2))
+        p, t = (
+            cv2.blur((rng.random((h, w)) < rng.uniform(0.1, 0.9)).astype(np.float32), (5, 5)) > 0.5
+            for _ in range(2)
+        )
+        if p.any() and t.any():
+            assert hausdorff95(p, t) == pytest.approx(_hausdorff95_monai(p, t, None), abs=1e-4)
+            assert hausdorff95(p, t, 0.5) == pytest.approx(_hausdorff95_monai(p, t, 0.5), abs=1e-4)
+            checked += 1
+    assert checked > 40

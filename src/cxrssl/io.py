@@ -1,15 +1,19 @@
 """Read radiographs and masks from disk, write masks; every failure is an ``ImageReadError``.
 
 One reader for PNG, JPEG, TIFF, BMP (OpenCV) and DICOM (pydicom). Images come back as float32
-``(H, W)`` in ``[0, 1]`` with bright = dense (bone), masks as uint8 ``(H, W)`` in ``{0, 1}``.
+``(H, W)`` in ``[0, 1]`` with bright = dense (bone) (:func:`read_image`), or as uint8 ``(H, W)``
+equal to ``round(255 * read_image(path))`` (:func:`read_gray8`, which skips the float round trip
+for 8-bit images); masks as uint8 ``(H, W)`` in ``{0, 1}``.
 
 Choices, each made once here:
 
 - Raster images: colour is converted to grey (ITU-R BT.601 weights, ``cv2.cvtColor``), an
-  alpha channel is dropped, palettes are expanded, JPEG EXIF orientation is applied. Integer
-  images are divided by their dtype maximum (255 or 65535, so a 12-bit image stored in 16 bits
-  stays dark): radiographic intensities are kept, never stretched. Float images already in
-  ``[0, 1]`` are kept; other floats and signed integers are min-max scaled.
+  alpha channel is dropped, palettes are expanded, JPEG EXIF orientation is applied. 8-bit
+  images are divided by 255. 16-bit images are divided by the largest value of the bits they
+  use (``2**b - 1``, ``b`` the bit length of the image's maximum, at least 8): a 12-bit image
+  stored in 16 bits is divided by 4095, as its DICOM "bits stored" would say, instead of
+  staying dark. Intensities are otherwise kept, never stretched to their min-max. Float
+  images already in ``[0, 1]`` are kept; other floats and signed integers are min-max scaled.
 - DICOM: modality LUT (rescale slope/intercept), then the first VOI LUT or window
   centre/width scaled by its output range, else min-max of the values; MONOCHROME1 is then
   inverted so that dense is bright.
@@ -36,7 +40,14 @@ from pydicom.pixels.processing import apply_voi, apply_windowing
 
 from cxrssl.errors import ImageReadError
 
-__all__ = ["IMAGE_SUFFIXES", "is_image_file", "read_image", "read_mask", "write_mask"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "is_image_file",
+    "read_gray8",
+    "read_image",
+    "read_mask",
+    "write_mask",
+]
 
 IMAGE_SUFFIXES: tuple[str, ...] = (
     ".png",
@@ -56,6 +67,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_CHUNKS = (b"iCCP", b"sRGB", b"gAMA", b"cHRM")
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _DECODER_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
+_EMPTY = "empty file (0 bytes)"
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -97,13 +109,38 @@ def read_image(path: str | Path) -> np.ndarray:
             or a compressed DICOM whose decoder is not installed; the message names the file.
     """
     path = Path(path)
-    data = _read_bytes(path)
-    if _is_dicom(data) or path.suffix.lower() in _DICOM_SUFFIXES:
-        return _read_dicom(path, data)
-    raw = _decode_raster(path, data)
-    if raw.ndim == 3:
-        raw = cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY)
-    return _to_unit_range(path, raw)
+    return _to_unit_range(path, _read_grey(path, _read_bytes(path)))
+
+
+def read_gray8(path: str | Path, data: bytes | None = None) -> np.ndarray:
+    """Read a radiograph as 8-bit grey levels: ``round(255 * read_image(path))``, faster.
+
+    The checks and errors are those of :func:`read_image`. An image that decodes to 8-bit grey
+    (8-bit PNG, JPEG, BMP, TIFF, colour converted to grey) is returned as decoded; any other
+    (16 bit, float, signed, DICOM) is scaled as by :func:`read_image`, then rounded.
+
+    Args:
+        path: the image file (named in errors).
+        data: the file's bytes when the caller already holds them (to hash them, say);
+            read from ``path`` when None.
+
+    Returns:
+        uint8 array of shape (H, W).
+
+    Raises:
+        ImageReadError: as :func:`read_image`.
+    """
+    path = Path(path)
+    if data is None:
+        data = _read_bytes(path)
+    elif not data:
+        raise ImageReadError(path, _EMPTY)
+    grey = _read_grey(path, data)
+    if grey.dtype == np.uint8:
+        _value_range(path, grey)
+        return grey
+    unit = _to_unit_range(path, grey)
+    return np.rint(unit * np.float32(255), out=unit).astype(np.uint8)
 
 
 def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -190,12 +227,20 @@ def _read_bytes(path: Path) -> bytes:
     except OSError as e:
         raise ImageReadError(path, f"cannot read the file ({e.strerror})") from None
     if not data:
-        raise ImageReadError(path, "empty file (0 bytes)")
+        raise ImageReadError(path, _EMPTY)
     return data
 
 
 def _is_dicom(head: bytes) -> bool:
     return head[128:132] == b"DICM"
+
+
+def _read_grey(path: Path, data: bytes) -> np.ndarray:
+    """(H, W) grey levels: native dtype for raster images, float32 in [0, 1] for DICOM."""
+    if _is_dicom(data) or path.suffix.lower() in _DICOM_SUFFIXES:
+        return _read_dicom(path, data)
+    raw = _decode_raster(path, data)
+    return cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY) if raw.ndim == 3 else raw
 
 
 def _decode_raster(path: Path, data: bytes) -> np.ndarray:
@@ -272,10 +317,13 @@ def _checked_png(path: Path, data: bytes) -> bytes:
 def _to_unit_range(path: Path, image: np.ndarray) -> np.ndarray:
     """(H, W) grey levels of any dtype -> float32 in [0, 1] (see the module notes)."""
     lo, hi = _value_range(path, image)
-    if image.dtype in (np.uint8, np.uint16):
-        return image.astype(np.float32) * np.float32(1 / np.iinfo(image.dtype).max)
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) * np.float32(1 / 255)
+    if image.dtype == np.uint16:
+        bits = max(8, int(hi).bit_length())  # the bits stored, read off the data
+        return image.astype(np.float32) * np.float32(1 / (2**bits - 1))
     if image.dtype.kind == "f" and lo >= 0 and hi <= 1:
-        return image.astype(np.float32)
+        return image.astype(np.float32, copy=False)
     return _stretch(image, lo, hi)
 
 
@@ -295,7 +343,8 @@ def _stretch(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def _read_dicom(path: Path, data: bytes) -> np.ndarray:
-    """DICOM -> float32 (H, W) in [0, 1]: modality LUT, VOI, MONOCHROME1 inverted."""
+    """DICOM -> (H, W) grey: float32 in [0, 1] after modality LUT, VOI and MONOCHROME1
+    inversion, or the native dtype for colour converted to grey."""
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
@@ -331,7 +380,7 @@ def _read_dicom(path: Path, data: bytes) -> np.ndarray:
     if photometric == "PALETTE COLOR":
         pixels = apply_color_lut(pixels, ds)
     if pixels.ndim == 3 and pixels.shape[2] == 3:  # RGB (pydicom converts YBR to RGB)
-        return _to_unit_range(path, cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY))
+        return cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
     if pixels.ndim != 2:
         raise ImageReadError(path, f"3-D image of shape {pixels.shape}; expected H x W")
     image = _dicom_grey(path, ds, pixels)

@@ -15,9 +15,10 @@ the other metrics. With TP, FP, FN, TN the pixel counts:
 - truth covers the whole image: specificity = 1 (nothing to reject).
 
 HD95 is MONAI's symmetric 95th-percentile Hausdorff distance between mask edges, in units
-of ``spacing`` (pixels by default). MONAI returns NaN when either mask is empty; cxrssl
-uses 0 (both empty) or the image diagonal ``sqrt((H sy)^2 + (W sx)^2)``, the largest
-distance possible in the image, so aggregates stay finite.
+of ``spacing`` (pixels by default), computed with OpenCV for 2-D masks (same figures).
+MONAI returns NaN when either mask is empty; cxrssl uses 0 (both empty) or the image
+diagonal ``sqrt((H sy)^2 + (W sx)^2)``, the largest distance possible in the image, so
+aggregates stay finite.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
@@ -82,26 +85,21 @@ def _check_binary(name: str, a: np.ndarray) -> None:
         raise MetricError(f"{name} must be binary (bool or 0/1), got values up to {a.max()}")
 
 
-def hausdorff95(
-    y_pred: np.ndarray, y: np.ndarray, spacing: float | Sequence[float] | None = None
-) -> float:
-    """Symmetric 95th-percentile Hausdorff distance of two binary masks (MONAI).
+_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
 
-    Args:
-        y_pred: predicted mask, (H, W) (any number of dims), bool or 0/1.
-        y: reference mask, same shape.
-        spacing: pixel size, one number or one per axis; None means 1.
 
-    Returns:
-        The distance; 0 when both are empty, the image diagonal when exactly one is.
-    """
-    p, t = np.ascontiguousarray(y_pred, dtype=bool), np.ascontiguousarray(y, dtype=bool)
-    p_any, t_any = bool(p.any()), bool(t.any())
-    if not p_any and not t_any:
-        return 0.0
-    if p_any != t_any:
-        sp = np.broadcast_to(np.asarray(1.0 if spacing is None else spacing, float), (p.ndim,))
-        return float(np.sqrt(np.sum((np.asarray(p.shape) * sp) ** 2)))
+def _edges(mask: np.ndarray) -> np.ndarray:
+    """Mask pixels with a 4-neighbour outside the mask (outside the image counts as outside)."""
+    eroded = cv2.erode(mask, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return mask > eroded
+
+
+def _directed95(edges_from: np.ndarray, edges_to: np.ndarray) -> float:
+    field = cv2.distanceTransform((~edges_to).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return float(np.percentile(field[edges_from], 95))
+
+
+def _hausdorff95_monai(p: np.ndarray, t: np.ndarray, spacing: Any) -> float:
     with warnings.catch_warnings():
         # MONAI 1.5-1.6 passes a deprecated argument to itself on every call.
         warnings.filterwarnings(
@@ -115,6 +113,40 @@ def hausdorff95(
             spacing=spacing,
         )
     return float(d.item())
+
+
+def hausdorff95(
+    y_pred: np.ndarray, y: np.ndarray, spacing: float | Sequence[float] | None = None
+) -> float:
+    """Symmetric 95th-percentile Hausdorff distance of two binary masks, as MONAI defines it.
+
+    Edges are mask pixels with a 4-neighbour outside the mask; the distance is the larger of
+    the two directed 95th percentiles of edge-to-nearest-edge distances. 2-D masks with
+    isotropic spacing are measured with OpenCV's exact Euclidean distance transform (the
+    same figures as ``monai.metrics.compute_hausdorff_distance``, tested, about 50x faster);
+    other cases call MONAI.
+
+    Args:
+        y_pred: predicted mask, (H, W) (any number of dims), bool or 0/1.
+        y: reference mask, same shape.
+        spacing: pixel size, one number or one per axis; None means 1.
+
+    Returns:
+        The distance; 0 when both are empty, the image diagonal when exactly one is.
+    """
+    p, t = np.ascontiguousarray(y_pred, dtype=bool), np.ascontiguousarray(y, dtype=bool)
+    p_any, t_any = bool(p.any()), bool(t.any())
+    sp = np.broadcast_to(np.asarray(1.0 if spacing is None else spacing, float), (p.ndim,))
+    if not p_any and not t_any:
+        return 0.0
+    if p_any != t_any:
+        return float(np.sqrt(np.sum((np.asarray(p.shape) * sp) ** 2)))
+    if p.ndim != 2 or sp[0] != sp[1]:
+        return _hausdorff95_monai(p, t, spacing)
+    rows, cols = np.nonzero(p | t)  # crop to the union's box (plus a ring) for speed
+    box = np.s_[max(rows.min() - 1, 0) : rows.max() + 2, max(cols.min() - 1, 0) : cols.max() + 2]
+    ep, et = _edges(p[box].view(np.uint8)), _edges(t[box].view(np.uint8))
+    return max(_directed95(ep, et), _directed95(et, ep)) * float(sp[0])
 
 
 def binary_metrics(
