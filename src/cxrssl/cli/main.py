@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cxrssl``; returns the exit code (also used as the console-script entry)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command line, for reports that say how to reproduce them
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
