@@ -12,6 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxrssl.data.datasets import index_files
 from cxrssl.errors import CxrsslError, DatasetError
 from cxrssl.io import IMAGE_SUFFIXES, read_mask
 from cxrssl.metrics import Summary, binary_metrics, summarise
@@ -27,21 +28,6 @@ class MaskEvaluation:
     missing: list[str] = field(default_factory=list)  # reference masks with no prediction
     extra: list[str] = field(default_factory=list)  # predictions with no reference mask
     failed: dict[str, str] = field(default_factory=dict)  # stem -> reason
-
-
-def _files_by_stem(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise DatasetError(f"{folder}: not a folder")
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            if path.stem in found:
-                raise DatasetError(
-                    f"{folder}: two masks share the stem {path.stem!r}: "
-                    f"{found[path.stem].name} and {path.name}"
-                )
-            found[path.stem] = path
-    return found
 
 
 def _pair_metrics(pair: tuple[Path, Path]) -> dict[str, float] | str:
@@ -65,7 +51,8 @@ def evaluate_mask_folders(pred_dir: Path, true_dir: Path, workers: int = 1) -> M
     Raises:
         DatasetError: a folder is missing, or no stem appears in both.
     """
-    preds, trues = _files_by_stem(Path(pred_dir)), _files_by_stem(Path(true_dir))
+    preds = index_files(Path(pred_dir), IMAGE_SUFFIXES)
+    trues = index_files(Path(true_dir), IMAGE_SUFFIXES)
     stems = sorted(set(preds) & set(trues))
     if not stems:
         raise DatasetError(f"{pred_dir} and {true_dir} share no mask file stem")

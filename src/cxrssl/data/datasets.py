@@ -14,7 +14,6 @@ Labels follow the torchxrayvision contract: 1 positive, 0 negative, NaN unknown.
 
 from __future__ import annotations
 
-import csv
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from cxrssl.data.table import read_table
 from cxrssl.errors import DatasetError
 from cxrssl.io import IMAGE_SUFFIXES, read_image, read_mask
 
@@ -362,15 +362,7 @@ def _read_table(
     label_columns: Sequence[str] | None,
 ) -> tuple[dict[str, tuple[str | None, dict[str, float], dict[str, str]]], list[str]]:
     """Rows of a labels CSV keyed by image stem: (patient id, labels, other columns)."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            table = list(reader)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: labels table not found") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"{path}: cannot read the labels table ({e})") from None
+    header, table = read_table(path, "labels table")
     file_col = _pick(header, file_column, FILE_COLUMNS)
     patient_col = _pick(header, patient_column, PATIENT_COLUMNS)
     for col, what in ((file_col, "file"), (patient_col, "patient")):

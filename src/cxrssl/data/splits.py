@@ -27,6 +27,7 @@ import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from cxrssl.data.datasets import DatasetWarning
+from cxrssl.data.table import read_table
 from cxrssl.errors import DatasetError, SplitLeakError
 
 __all__ = [
@@ -226,15 +227,7 @@ def read_split_csv(path: str | Path) -> SplitTable:
         SplitLeakError: a patient is on two sides; the message names the CSV and patient.
     """
     path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = list(reader)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: split file not found") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"{path}: cannot read the split ({e})") from None
+    header, rows = read_table(path, "split file")
     column = "split" if "split" in header else "fold"
     if not {"file", "patient_id", column} <= set(header):
         raise DatasetError(

@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 
 from cxrssl.data.datasets import DatasetWarning, FolderDataset, Record
+from cxrssl.data.table import read_table
 from cxrssl.errors import DatasetError
 
 __all__ = ["NO_FINDING", "covid_labels", "load"]
@@ -66,13 +67,7 @@ def covid_labels(root: str | Path) -> FolderDataset:
     """
     root = Path(root)
     table = root / "labels.csv"
-    try:
-        with table.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = list(reader)
-    except FileNotFoundError:
-        raise DatasetError(f"{table}: ieee8023 labels table not found") from None
+    header, rows = read_table(table, "ieee8023 labels table")
     needed = [c for c in (_RELPATH, "finding", "patient_group_id") if c not in header]
     if needed:
         raise DatasetError(f"{table}: no columns {needed} (columns: {header})")
