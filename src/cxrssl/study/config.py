@@ -37,7 +37,7 @@ class StudyConfig:
     size: int = 128
     k_values: list[int | None] = field(default_factory=lambda: [5, 10, 20, None])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
-    steps: int = 240
+    steps: int = 160
     batch_size: int = 8
     lr: float = 3e-3
     model: str = "unet"

@@ -186,9 +186,8 @@ def write_report(study: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         parts.append("<h2>Loss curves</h2>")
         parts.append(_img(curves_plot(study["curves"]), "loss curves"))
     if study.get("gallery"):
-        parts.append(
-            "<h2>Overlay gallery</h2><p class='note'>Expert mask in green, prediction in red.</p>"
-        )
+        note = study.get("gallery_note", "Expert mask in green, prediction in red.")
+        parts.append(f"<h2>Overlay gallery</h2><p class='note'>{html.escape(note)}</p>")
         parts.extend(
             f"<figure>{_img(g['png'], g['caption'])}"
             f"<figcaption>{html.escape(g['caption'])}</figcaption></figure>"

@@ -1,0 +1,119 @@
+"""``cxrssl train-seg`` and ``cxrssl predict``: supervised segmentation."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from cxrssl.nets import NETS
+from cxrssl.tasks.seg_task import POSTPROCESS
+from cxrssl.tasks.segmentation import SegConfig, predict, train_seg
+
+_DEFAULT = SegConfig()
+
+
+def register(sub: Any) -> None:
+    """Add ``train-seg`` and ``predict`` to the ``cxrssl`` sub-parsers."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser(
+        "train-seg",
+        help="train a segmentation model with patient-level k-fold cross-validation",
+        formatter_class=fmt,
+    )
+    p.add_argument("--images", type=Path, required=True, help="folder of radiographs")
+    p.add_argument("--masks", type=Path, required=True, help="folder of 0/255 masks, same stems")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--model", default=_DEFAULT.model, choices=sorted(NETS), help="network")
+    p.add_argument("--loss", default=_DEFAULT.loss, help="loss name (cxrssl.losses)")
+    p.add_argument("--size", type=int, default=_DEFAULT.size, help="letterboxed input side")
+    p.add_argument("--epochs", type=int, default=_DEFAULT.epochs, help="epochs per fold")
+    p.add_argument("--batch-size", type=int, default=_DEFAULT.batch_size, help="batch size")
+    p.add_argument("--lr", type=float, default=_DEFAULT.lr, help="peak learning rate")
+    p.add_argument("--folds", type=int, default=_DEFAULT.folds, help="patient folds (1: one split)")
+    p.add_argument("--n-labelled", type=int, default=None, help="labelled images per fold")
+    p.add_argument("--init", default=None, help="checkpoint to initialise from")
+    p.add_argument(
+        "--init-whole",
+        action="store_true",
+        help="load the whole model from --init, not the encoder",
+    )
+    p.add_argument(
+        "--encoder-lr-mult", type=float, default=1.0, help="encoder learning-rate multiplier"
+    )
+    p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
+    p.add_argument("--dropout", type=float, default=0.0, help="bottleneck channel dropout")
+    p.add_argument(
+        "--postprocess", default=_DEFAULT.postprocess, choices=POSTPROCESS, help="mask clean-up"
+    )
+    p.add_argument("--tta", action="store_true", help="average with the flipped prediction")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=None,
+        help="tune the threshold for this sensitivity",
+    )
+    p.add_argument("--patience", type=int, default=0, help="early-stopping patience (0: off)")
+    p.add_argument("--seed", type=int, default=_DEFAULT.seed, help="seed of splits and training")
+    p.add_argument("--device", default=_DEFAULT.device, help="auto, cpu, cuda")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_train_seg)
+
+    q = sub.add_parser(
+        "predict",
+        help="write 0/255 PNG masks at each image's original size",
+        formatter_class=fmt,
+    )
+    q.add_argument(
+        "checkpoint",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="best.pt, or a run folder (fold ensemble)",
+    )
+    q.add_argument("images", type=Path, metavar="IMAGES_DIR", help="folder of radiographs")
+    q.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="where the masks go")
+    q.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    q.set_defaults(func=run_predict)
+
+
+def run_train_seg(args: argparse.Namespace) -> int:
+    """Train, then print the mean +- std over folds."""
+    config = SegConfig(
+        model=args.model,
+        model_kwargs={"dropout": args.dropout} if args.dropout else {},
+        loss=args.loss,
+        size=args.size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        folds=args.folds,
+        n_labelled=args.n_labelled,
+        init=args.init,
+        init_encoder_only=not args.init_whole,
+        encoder_lr_mult=args.encoder_lr_mult,
+        freeze_encoder=args.freeze_encoder,
+        augment=not args.no_augment,
+        postprocess=args.postprocess,
+        tta=args.tta,
+        target_sensitivity=args.target_sensitivity,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    summary = train_seg(args.images, args.masks, args.out, config, resume=args.resume)
+    for name, s in summary["mean_std_over_folds"].items():
+        print(f"{name:<12} {s['mean']:.4f} ± {s['std']:.4f}")
+    print(f"run folder: {args.out}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Predict a folder; exit 1 when some images could not be read."""
+    written, failed = predict(args.checkpoint, args.images, args.out_dir, device=args.device)
+    for line in failed:
+        print(f"failed: {line}")
+    print(f"{len(written)} mask(s) written to {args.out_dir}")
+    return 1 if failed else 0

@@ -1,0 +1,158 @@
+"""Segmentation data in memory: each file decoded once, letterboxed, kept as uint8 tensors.
+
+A hundred 512 px radiographs at 256 px take 6.5 MB, so the whole set lives in memory and
+batches are tensor slices: no decoding, no worker processes, augmentation on whole batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from cxrssl.data.datasets import FolderDataset
+from cxrssl.errors import DatasetError
+from cxrssl.geometry import Letterbox, letterbox, letterbox_mask
+from cxrssl.io import read_image, read_mask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SegCache:
+    """Letterboxed images and masks of a data set.
+
+    Attributes:
+        images: (N, 1, S, S) uint8, image * 255 rounded.
+        masks: (N, 1, S, S) uint8 in {0, 1}.
+        boxes: Letterbox of each image (to map predictions back).
+        paths: Image file of each row.
+        mask_paths: Mask file of each row.
+        patient_ids: Patient of each row (``None`` when unknown).
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    boxes: list[Letterbox]
+    paths: list[Path]
+    mask_paths: list[Path]
+    patient_ids: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> SegCache:
+        """Rows ``index`` (integers) as a new cache sharing nothing mutable."""
+        idx = [int(i) for i in index]
+        t = torch.as_tensor(idx, dtype=torch.long)
+        return SegCache(
+            self.images[t],
+            self.masks[t],
+            [self.boxes[i] for i in idx],
+            [self.paths[i] for i in idx],
+            [self.mask_paths[i] for i in idx],
+            [self.patient_ids[i] for i in idx],
+        )
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """float [0, 1] -> uint8 [0, 255], rounded."""
+    return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+
+
+def open_folders(images: str | Path, masks: str | Path) -> FolderDataset:
+    """Pair ``images`` with ``masks`` by stem; patient ids from a ``labels.csv`` beside
+    the image folder when there is one.
+
+    Raises:
+        DatasetError: Missing folders, or no image has a mask.
+    """
+    images, masks = Path(images), Path(masks)
+    ds = FolderDataset.from_folder(
+        images.parent, images=images.name, masks={"mask": masks.resolve()}
+    )
+    keep = [i for i, r in enumerate(ds.records) if "mask" in r.masks]
+    if not keep:
+        raise DatasetError(f"{masks}: no mask matches an image of {images} (same stem expected)")
+    if len(keep) < len(ds):
+        log.warning("%d image(s) without a mask in %s are left out", len(ds) - len(keep), masks)
+    return ds.subset(keep)
+
+
+def load_cache(dataset: FolderDataset, size: int, mask: str = "mask") -> SegCache:
+    """Decode every image and its mask once and letterbox them to ``size``.
+
+    Args:
+        dataset: Records with a mask called ``mask``.
+        size: Side of the square network input.
+        mask: Mask name in the records.
+
+    Raises:
+        ImageReadError: An unreadable image or a mask of another size.
+    """
+    n = len(dataset)
+    images = np.zeros((n, 1, size, size), np.uint8)
+    masks = np.zeros((n, 1, size, size), np.uint8)
+    boxes = []
+    for i, record in enumerate(dataset.records):
+        image = read_image(record.image)
+        target = read_mask(record.masks[mask], image.shape)
+        canvas, box = letterbox(image, size)
+        images[i, 0] = to_uint8(canvas)
+        masks[i, 0] = letterbox_mask(target, box)
+        boxes.append(box)
+    return SegCache(
+        torch.from_numpy(images),
+        torch.from_numpy(masks),
+        boxes,
+        [r.image for r in dataset.records],
+        [r.masks[mask] for r in dataset.records],
+        dataset.patient_ids(),
+    )
+
+
+def draw_labelled(patient_ids: Sequence[str | None], k: int, seed: int) -> np.ndarray:
+    """Choose ``k`` rows spread over as many patients as possible, reproducibly.
+
+    Patients are shuffled with ``seed``; rows are then taken round-robin, one image per
+    patient before any patient's second, so a label budget covers the most patients.
+    Unknown ids count as their own patient.
+
+    Returns:
+        Sorted row indices, shape (min(k, N),).
+
+    Raises:
+        DatasetError: ``k`` < 1.
+    """
+    if k < 1:
+        raise DatasetError(f"--n-labelled must be at least 1, got {k}")
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[int]] = {}
+    for i, pid in enumerate(patient_ids):
+        groups.setdefault(pid if pid else f"\0row{i}", []).append(i)
+    order = [groups[key] for key in sorted(groups)]
+    rng.shuffle(order)
+    for rows in order:
+        rng.shuffle(rows)
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < min(k, len(patient_ids)):
+        picked += [rows[depth] for rows in order if depth < len(rows)]
+        depth += 1
+    return np.sort(np.asarray(picked[:k], dtype=np.int64))
+
+
+def loader(cache: SegCache, batch_size: int, train: bool) -> DataLoader:
+    """Batches of (images uint8 (B, 1, S, S), masks uint8 (B, 1, S, S)).
+
+    Training loaders shuffle (with the global torch RNG, which the engine seeds per epoch)
+    and drop a last batch of one (batch norm cannot train on it).
+    """
+    data = TensorDataset(cache.images, cache.masks)
+    drop = train and len(cache) % batch_size == 1
+    return DataLoader(data, batch_size=batch_size, shuffle=train, drop_last=drop)

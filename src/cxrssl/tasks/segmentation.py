@@ -1,0 +1,465 @@
+"""Supervised segmentation end to end: patient-level k-fold training, evaluation at each
+image's original size, and prediction with one model or a fold ensemble.
+
+Run folder of :func:`train_seg`::
+
+    OUT/summary.json         per-fold and mean +- std metrics, the resolved config
+    OUT/per_image.csv        every validation image's metrics at its original size
+    OUT/fold_<k>/            the engine's run folder: config.yaml, metrics.csv, best.pt,
+                             last.pt, tensorboard/
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxrssl.augment import AugmentConfig
+from cxrssl.data.datasets import index_files
+from cxrssl.data.splits import kfold, make_split
+from cxrssl.errors import CxrsslError, DatasetError, ImageReadError
+from cxrssl.geometry import letterbox, unletterbox
+from cxrssl.io import IMAGE_SUFFIXES, read_image, read_mask, write_mask
+from cxrssl.losses import get_loss
+from cxrssl.metrics import binary_metrics, summarise
+from cxrssl.nets import create_net
+from cxrssl.tasks.seg_data import (
+    SegCache,
+    draw_labelled,
+    load_cache,
+    loader,
+    open_folders,
+    to_uint8,
+)
+from cxrssl.tasks.seg_task import SegmentationTask, postprocess, predict_probs, tune_threshold
+from cxrssl.train import (
+    TrainConfig,
+    Trainer,
+    load_checkpoint,
+    load_init,
+    resolve_device,
+    save_checkpoint,
+)
+from cxrssl.train.engine import Callback
+from cxrssl.train.runlog import write_history_csv, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+REPORTED = ("dice", "iou", "precision", "sensitivity", "specificity")
+
+
+@dataclass
+class SegConfig:
+    """A segmentation run; the defaults are the recommended recipe.
+
+    Attributes:
+        model: Registry name (``cxrssl.nets.NETS``).
+        model_kwargs: Extra network arguments (``features``, ``dropout``, ``norm``...).
+        loss: ``cxrssl.losses`` name.
+        size: Side of the letterboxed network input.
+        epochs: Training epochs per fold.
+        batch_size: Images per batch.
+        lr: Peak learning rate (AdamW, warm-up then cosine).
+        folds: Patient-level folds; 1 trains once with ``val_fraction`` of the patients held
+            out for validation.
+        val_fraction: Validation share of the patients when ``folds`` is 1.
+        n_labelled: Train on this many labelled images per fold (patient-aware draw).
+        init: Checkpoint to initialise from.
+        init_encoder_only: Load only the encoder from ``init``.
+        encoder_lr_mult: Learning-rate multiplier of the encoder (e.g. 0.1 after ``init``).
+        freeze_encoder: Train the decoder only.
+        augment: Batch augmentation (rotation, scale, shift, brightness, contrast, noise).
+        postprocess: ``"none"``, ``"lungs"`` (two largest parts, holes filled), ``"largest"``.
+        tta: Average with the horizontally flipped prediction.
+        target_sensitivity: Tune the threshold for this sensitivity instead of best Dice.
+        patience: Early-stopping patience in epochs (0: off).
+        seed: Seed of splits, draws and training.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        progress: Progress bars.
+        tensorboard: TensorBoard logs.
+    """
+
+    model: str = "unet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    loss: str = "bce_dice"
+    size: int = 256
+    epochs: int = 12
+    batch_size: int = 8
+    lr: float = 3e-3
+    folds: int = 5
+    val_fraction: float = 0.2
+    n_labelled: int | None = None
+    init: str | None = None
+    init_encoder_only: bool = True
+    encoder_lr_mult: float = 1.0
+    freeze_encoder: bool = False
+    augment: bool = True
+    postprocess: str = "lungs"
+    tta: bool = False
+    target_sensitivity: float | None = None
+    patience: int = 0
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    tensorboard: bool = True
+
+
+def _assign_folds(cache: SegCache, config: SegConfig) -> tuple[np.ndarray, int]:
+    if config.folds >= 2:
+        return kfold(cache.patient_ids, config.folds, seed=config.seed), config.folds
+    if config.folds != 1:
+        raise CxrsslError(f"--folds must be 1 or more, got {config.folds}")
+    side = make_split(cache.patient_ids, val=config.val_fraction, test=0.0, seed=config.seed)
+    return np.where(side == "val", 0, -1), 1
+
+
+def _build_net(config: SegConfig, seed: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the initial weights are part of the seeded run
+        net = create_net(config.model, **config.model_kwargs)
+    if config.init:
+        load_init(net, config.init, encoder_only=config.init_encoder_only)
+    return net
+
+
+def _batched_probs(
+    models: Sequence[nn.Module], images: torch.Tensor, device: torch.device, tta: bool
+) -> torch.Tensor:
+    """Probabilities (N, 1, S, S) on the CPU, 16 images at a time."""
+    out = [
+        predict_probs(models, images[i : i + 16].to(device), tta).cpu()
+        for i in range(0, len(images), 16)
+    ]
+    return torch.cat(out)
+
+
+def original_masks(
+    probs: torch.Tensor, cache: SegCache, threshold: float, mode: str
+) -> list[np.ndarray]:
+    """Letterboxed probabilities (N, 1, S, S) -> post-processed {0, 1} masks at each image's
+    original size."""
+    return [
+        postprocess((unletterbox(probs[i, 0].numpy(), box) >= threshold).astype(np.uint8), mode)
+        for i, box in enumerate(cache.boxes)
+    ]
+
+
+def _score(masks: list[np.ndarray], cache: SegCache) -> list[dict[str, float]]:
+    """Metrics of original-size masks against the cache's mask files."""
+    return [
+        binary_metrics(pred, read_mask(path, pred.shape), hd95=False)
+        for pred, path in zip(masks, cache.mask_paths, strict=True)
+    ]
+
+
+def _original_metrics(
+    probs: torch.Tensor, cache: SegCache, threshold: float, mode: str
+) -> list[dict[str, float]]:
+    return _score(original_masks(probs, cache, threshold, mode), cache)
+
+
+def evaluate_original(
+    net: nn.Module, cache: SegCache, threshold: float, config: SegConfig, device: torch.device
+) -> tuple[list[dict[str, float]], list[np.ndarray]]:
+    """Per-image metrics and masks of ``cache`` at each image's original size (held-out
+    test images: the threshold comes from validation)."""
+    net.eval()
+    probs = _batched_probs([net], cache.images, device, tta=config.tta)
+    masks = original_masks(probs, cache, threshold, config.postprocess)
+    return _score(masks, cache), masks
+
+
+def evaluate_fold(
+    net: nn.Module, val: SegCache, config: SegConfig, device: torch.device
+) -> tuple[float, list[dict[str, float]], dict[str, float]]:
+    """Tune the threshold on ``val`` and measure each image at its original size.
+
+    Returns:
+        (threshold, per-image metric rows of the configured recipe, mean Dice of each
+        recipe step: ``plain`` (0.5), ``tuned`` (threshold), ``+post`` (post-processing),
+        ``+tta`` (flip averaging)).
+    """
+    net.eval()
+    probs = _batched_probs([net], val.images, device, tta=False)
+    threshold, _ = tune_threshold(probs, val.masks, config.target_sensitivity)
+    steps = {
+        "plain": _original_metrics(probs, val, 0.5, "none"),
+        "tuned": _original_metrics(probs, val, threshold, "none"),
+        "+post": _original_metrics(probs, val, threshold, config.postprocess),
+    }
+    rows = steps["+post"]
+    if config.tta:
+        probs = _batched_probs([net], val.images, device, tta=True)
+        threshold, _ = tune_threshold(probs, val.masks, config.target_sensitivity)
+        steps["+tta"] = rows = _original_metrics(probs, val, threshold, config.postprocess)
+    worth = {k: float(np.mean([r["dice"] for r in v])) for k, v in steps.items()}
+    return threshold, rows, worth
+
+
+@dataclass
+class FoldFit:
+    """A trained fold: the best model, its tuned threshold and its validation figures."""
+
+    net: nn.Module
+    threshold: float
+    val_rows: list[dict[str, float]]
+    worth: dict[str, float]
+    best_epoch: int
+    history: list[dict[str, float]]
+    device: torch.device
+
+
+def fit_fold(
+    train: SegCache,
+    val: SegCache,
+    config: SegConfig,
+    run_dir: Path,
+    seed: int,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    meta: dict[str, Any] | None = None,
+) -> FoldFit:
+    """Train on ``train``, keep the best epoch on ``val``, tune the threshold on ``val`` and
+    store it in ``run_dir/best.pt``.
+
+    Args:
+        train: Training images and masks.
+        val: Validation images and masks (checkpoint choice, threshold).
+        config: Recipe.
+        run_dir: The engine's run folder.
+        seed: Seed of the initial weights and of training.
+        resume: Continue from ``run_dir/last.pt``.
+        callbacks: Passed to the :class:`cxrssl.train.Trainer`.
+        meta: Extra run description stored in the checkpoints.
+    """
+    device = resolve_device(config.device)
+    net = _build_net(config, seed)
+    task = SegmentationTask(
+        get_loss(config.loss),
+        AugmentConfig() if config.augment else None,
+        config.target_sensitivity,
+    )
+    train_config = TrainConfig(
+        epochs=config.epochs,
+        lr=config.lr,
+        patience=config.patience,
+        lr_mult={"encoder.": config.encoder_lr_mult} if config.encoder_lr_mult != 1 else {},
+        freeze=("encoder.",) if config.freeze_encoder else (),
+        monitor="dice",
+        monitor_mode="max",
+        seed=seed,
+        device=str(device),
+        progress=config.progress,
+        tensorboard=config.tensorboard,
+    )
+    spec = {"name": config.model, "kwargs": {**config.model_kwargs}}
+    extra = {
+        "size": config.size,
+        "threshold": 0.5,
+        "postprocess": config.postprocess,
+        "tta": config.tta,
+    }
+    trainer = Trainer(
+        net,
+        task,
+        train_config,
+        run_dir,
+        spec,
+        extra,
+        meta or {"segmentation": asdict(config)},
+        callbacks,
+    )
+    result = trainer.fit(
+        loader(train, config.batch_size, True), loader(val, 16, False), resume=resume
+    )
+    best = load_checkpoint(run_dir / "best.pt", map_location=device)
+    net.load_state_dict(best["state_dict"])
+    threshold, rows, worth = evaluate_fold(net, val, config, device)
+    best["extra"] = {**best["extra"], "threshold": threshold}
+    save_checkpoint(run_dir / "best.pt", best)
+    return FoldFit(net, threshold, rows, worth, int(best["epoch"]), result.history, device)
+
+
+def train_seg(
+    images: str | Path,
+    masks: str | Path,
+    out: str | Path,
+    config: SegConfig | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
+    """Train and cross-validate a segmentation model; write ``out`` (see the module doc).
+
+    Args:
+        images: Folder of radiographs (patient ids from ``labels.csv`` beside it, if any).
+        masks: Folder of 0/255 masks with the images' stems.
+        out: Run folder.
+        config: Recipe; None for the defaults.
+        resume: Continue every fold from its ``last.pt`` (finished folds are not retrained).
+        callbacks: Passed to each fold's :class:`cxrssl.train.Trainer`.
+
+    Returns:
+        The summary also written to ``out/summary.json``.
+    """
+    config = config or SegConfig()
+    out = Path(out)
+    cache = load_cache(open_folders(images, masks), config.size)
+    assignment, n_folds = _assign_folds(cache, config)
+    pids = np.asarray([p or f"row{i}" for i, p in enumerate(cache.patient_ids)], dtype=object)
+    per_image: list[dict[str, Any]] = []
+    folds: list[dict[str, Any]] = []
+    for fold in range(n_folds):
+        train_rows = np.flatnonzero(assignment != fold)
+        if config.n_labelled:
+            pick = draw_labelled(list(pids[train_rows]), config.n_labelled, config.seed + fold)
+            train_rows = train_rows[pick]
+        train, val = cache.subset(train_rows), cache.subset(np.flatnonzero(assignment == fold))
+        log.info(
+            "fold %d/%d: %d training, %d validation images", fold + 1, n_folds, len(train), len(val)
+        )
+        fitted = fit_fold(
+            train,
+            val,
+            config,
+            out / f"fold_{fold}",
+            config.seed + fold,
+            resume,
+            callbacks,
+            {"segmentation": asdict(config), "fold": fold},
+        )
+        threshold, rows, worth = fitted.threshold, fitted.val_rows, fitted.worth
+        means = {k: float(np.mean([r[k] for r in rows])) for k in REPORTED}
+        folds.append(
+            {
+                "fold": fold,
+                "n_train": len(train),
+                "n_val": len(val),
+                "best_epoch": fitted.best_epoch,
+                "threshold": threshold,
+                **means,
+                "dice_by_step": worth,
+            }
+        )
+        per_image += [
+            {"fold": fold, "file": p.name, **r} for p, r in zip(val.paths, rows, strict=True)
+        ]
+        log.info(
+            "fold %d: %s; Dice by step: %s",
+            fold + 1,
+            ", ".join(f"{k} {v:.4f}" for k, v in means.items()),
+            ", ".join(f"{k} {v:.4f}" for k, v in worth.items()),
+        )
+        # Rewritten after every fold, so a stopped run still shows its finished folds.
+        summary = _summary(config, folds, per_image, n_folds)
+        write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+        write_history_csv(out / "per_image.csv", per_image)
+    return summary
+
+
+def _summary(
+    config: SegConfig, folds: list[dict[str, Any]], per_image: list[dict[str, Any]], n_folds: int
+) -> dict[str, Any]:
+    across: dict[str, dict[str, float]] = {}
+    for k in REPORTED:
+        values = np.array([f[k] for f in folds])
+        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        across[k] = {"mean": float(values.mean()), "std": std}
+    pooled = summarise([{k: r[k] for k in REPORTED} for r in per_image])
+    return {
+        "config": asdict(config),
+        "complete": len(folds) == n_folds,
+        "folds": folds,
+        "mean_std_over_folds": across,
+        "per_image": {k: v.as_dict() for k, v in pooled.items()},
+    }
+
+
+@dataclass
+class Predictor:
+    """One model or a fold ensemble with what it was trained with."""
+
+    models: list[nn.Module]
+    size: int
+    threshold: float
+    postprocess: str
+    tta: bool
+    device: torch.device
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, device: str = "auto") -> Predictor:
+        """From a ``best.pt`` file, or a run folder (every ``fold_*/best.pt``: an ensemble
+        whose threshold is the mean of the folds')."""
+        path = Path(checkpoint)
+        files = sorted(path.glob("fold_*/best.pt")) if path.is_dir() else [path]
+        if not files:
+            raise CxrsslError(f"{path}: no fold_*/best.pt in this run folder")
+        dev = resolve_device(device)
+        models, extras = [], []
+        for file in files:
+            ckpt = load_checkpoint(file, map_location=dev)
+            spec = ckpt.get("model") or {}
+            if "name" not in spec:
+                raise CxrsslError(f"{file}: checkpoint does not name its model")
+            net = create_net(spec["name"], **spec.get("kwargs", {}))
+            net.load_state_dict(ckpt["state_dict"])
+            fast = net.to(dev, memory_format=torch.channels_last)  # type: ignore[call-overload]
+            models.append(fast.eval())
+            extras.append(ckpt.get("extra", {}))
+        sizes = {int(e.get("size", 256)) for e in extras}
+        if len(sizes) > 1:
+            raise CxrsslError(f"{path}: the folds were trained at different sizes {sorted(sizes)}")
+        threshold = float(np.mean([e.get("threshold", 0.5) for e in extras]))
+        first = extras[0]
+        return cls(
+            models,
+            sizes.pop(),
+            threshold,
+            str(first.get("postprocess", "none")),
+            bool(first.get("tta", False)),
+            dev,
+        )
+
+    def probs(self, image: np.ndarray) -> np.ndarray:
+        """(H, W) float image in [0, 1] -> (H, W) float32 probabilities at the same size."""
+        canvas, box = letterbox(image, self.size)
+        x = torch.from_numpy(to_uint8(canvas))[None, None].to(self.device)
+        return unletterbox(predict_probs(self.models, x, self.tta)[0, 0].cpu().numpy(), box)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """(H, W) float image in [0, 1] -> (H, W) uint8 {0, 1} mask at the same size."""
+        mask = (self.probs(image) >= self.threshold).astype(np.uint8)
+        return postprocess(mask, self.postprocess)
+
+
+def predict(
+    checkpoint: str | Path, images: str | Path, out_dir: str | Path, device: str = "auto"
+) -> tuple[list[Path], list[str]]:
+    """Segment every image of a folder and write 0/255 PNG masks at each image's original
+    size, same stem, into ``out_dir``.
+
+    Returns:
+        (written mask files, one ``"path: problem"`` line per image that could not be read).
+    """
+    files = index_files(Path(images))
+    if not files:
+        raise DatasetError(f"{images}: no images found ({', '.join(IMAGE_SUFFIXES)})")
+    predictor = Predictor.load(checkpoint, device)
+    written, failed = [], []
+    for stem, path in sorted(files.items()):
+        try:
+            image = read_image(path)
+        except ImageReadError as err:
+            failed.append(str(err))
+            continue
+        target = Path(out_dir) / f"{stem}.png"
+        write_mask(target, predictor(image))
+        written.append(target)
+    return written, failed

@@ -1,0 +1,170 @@
+"""Segmentation task: threshold tuning, post-processing, labelled draws, deep supervision,
+k-fold training with exact resume, prediction at the original size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from cxrssl.errors import DatasetError
+from cxrssl.losses import get_loss
+from cxrssl.nets import create_net
+from cxrssl.tasks import Predictor, SegConfig, train_seg
+from cxrssl.tasks.seg_data import draw_labelled
+from cxrssl.tasks.seg_task import SegmentationTask, postprocess, tune_threshold
+from cxrssl.train import Trainer, load_checkpoint
+
+SIZES = [(64, 56), (60, 64), (64, 64), (50, 64), (64, 48), (58, 60), (64, 60), (56, 64)]
+
+
+def write_lungs(root: Path, n: int = 8) -> tuple[Path, Path]:
+    """``n`` synthetic radiographs (two bright ellipses on noise) of varied sizes, masks,
+    and a labels.csv with two images per patient."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows = ["filename,patient_id"]
+    for i in range(n):
+        h, w = SIZES[i % len(SIZES)]
+        mask = np.zeros((h, w), np.uint8)
+        dy = int(rng.integers(-3, 4))
+        for cx in (w // 3, 2 * w // 3):
+            cv2.ellipse(mask, (cx, h // 2 + dy), (w // 8, h // 3), 0, 0, 360, 1, -1)
+        image = 60 + 120 * mask + rng.integers(0, 40, (h, w))
+        cv2.imwrite(str(root / "images" / f"img{i}.png"), image.astype(np.uint8))
+        cv2.imwrite(str(root / "masks" / f"img{i}.png"), mask * 255)
+        rows.append(f"img{i}.png,p{i // 2}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root / "images", root / "masks"
+
+
+def quick(**kw: object) -> SegConfig:
+    base = dict(
+        size=32,
+        epochs=2,
+        folds=2,
+        batch_size=4,
+        model_kwargs={"features": (4, 8, 16)},
+        device="cpu",
+        progress=False,
+        tensorboard=False,
+    )
+    return SegConfig(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_tune_threshold_finds_the_best_dice_and_a_sensitivity_target() -> None:
+    truth = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    truth[:, :, 2:6, 2:6] = 1
+    probs = truth.float() * 0.5 + 0.1  # foreground 0.6, background 0.1
+    probs[:, :, 2, 2:6] = 0.35  # one row of weak foreground
+    threshold, dice = tune_threshold(probs, truth)
+    assert threshold <= 0.35 and dice == pytest.approx(1.0)
+    strict, _ = tune_threshold(probs, truth, target_sensitivity=0.7)
+    assert 0.35 < strict <= 0.6  # the highest threshold that still finds 75 % of pixels
+
+
+def test_postprocess_keeps_two_lungs_and_fills_holes() -> None:
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:35, 3:15] = 1
+    mask[5:35, 22:36] = 1
+    mask[15:18, 8:10] = 0  # hole
+    mask[0:2, 0:2] = 1  # speck
+    mask[38:40, 18:21] = 1  # speck
+    out = postprocess(mask, "lungs")
+    assert out[16, 9] == 1 and out[0, 0] == 0 and out[39, 19] == 0
+    assert out.sum() == 30 * 12 + 30 * 14
+    assert postprocess(mask, "largest")[:, :18].sum() == 0
+    assert np.array_equal(postprocess(mask, "none"), mask)
+
+
+def test_draw_labelled_spreads_over_patients_and_is_seeded() -> None:
+    pids = ["a", "a", "a", "b", "b", "c", None, None]
+    pick = draw_labelled(pids, 5, seed=1)
+    assert len(pick) == 5 and len(set(pick.tolist())) == 5
+    assert {pids[i] for i in pick if pids[i]} == {"a", "b", "c"}  # all patients before repeats
+    assert np.array_equal(pick, draw_labelled(pids, 5, seed=1))
+    assert len(draw_labelled(pids, 100, seed=0)) == 8
+    with pytest.raises(DatasetError, match="--n-labelled must be at least 1, got 0"):
+        draw_labelled(pids, 0, seed=0)
+
+
+def test_deep_supervision_loss_and_components() -> None:
+    task = SegmentationTask(get_loss("combined"))
+    net = create_net("unet_ds", features=(4, 8, 16)).train()
+    images = torch.randint(0, 255, (2, 1, 32, 32), dtype=torch.uint8)
+    masks = (torch.rand(2, 1, 32, 32) > 0.5).to(torch.uint8)
+    loss, parts = task.training_step(net, (images, masks), torch.Generator().manual_seed(0))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert set(parts) == {"tversky", "focal_tversky", "weighted_bce"}
+    metrics = task.evaluate(net.eval(), [(images, masks)])
+    assert set(metrics) == {"loss", "dice", "iou", "dice_tuned", "threshold"}
+    overlay = task.overlays(net, (images, masks))["val/overlay"]
+    assert overlay.shape == (3, 32, 64)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_kfold_run_resumes_to_the_same_metrics(tmp_path: Path) -> None:
+    images, masks = write_lungs(tmp_path / "data")
+    full = train_seg(images, masks, tmp_path / "full", quick(epochs=3))
+
+    def kill(trainer: Trainer, row: dict[str, float]) -> None:
+        if trainer.epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_seg(images, masks, tmp_path / "part", quick(epochs=3), callbacks=[kill])
+    resumed = train_seg(images, masks, tmp_path / "part", quick(epochs=3), resume=True)
+    assert resumed["folds"] == full["folds"]
+    assert resumed["mean_std_over_folds"] == full["mean_std_over_folds"]
+    summary = json.loads((tmp_path / "part" / "summary.json").read_text())
+    assert [f["fold"] for f in summary["folds"]] == [0, 1]
+    assert set(summary["mean_std_over_folds"]) == {
+        "dice",
+        "iou",
+        "precision",
+        "sensitivity",
+        "specificity",
+    }
+    best = load_checkpoint(tmp_path / "part" / "fold_0" / "best.pt")
+    assert best["extra"]["threshold"] == summary["folds"][0]["threshold"]
+    assert best["extra"]["size"] == 32
+    per_image = (tmp_path / "part" / "per_image.csv").read_text().splitlines()
+    assert len(per_image) == 9 and per_image[0].startswith("fold,file,dice")
+
+
+def test_n_labelled_and_single_split(tmp_path: Path) -> None:
+    images, masks = write_lungs(tmp_path / "data")
+    summary = train_seg(
+        images, masks, tmp_path / "run", quick(epochs=1, folds=1, n_labelled=3, val_fraction=0.25)
+    )
+    assert [(f["n_train"], f["n_val"]) for f in summary["folds"]] == [(3, 2)]
+
+
+def test_predictor_ensemble_returns_masks_at_the_original_size(tmp_path: Path) -> None:
+    images, masks = write_lungs(tmp_path / "data")
+    train_seg(images, masks, tmp_path / "run", quick(epochs=1))
+    predictor = Predictor.load(tmp_path / "run", device="cpu")
+    assert len(predictor.models) == 2 and predictor.size == 32
+    out = predictor(np.random.default_rng(0).random((45, 70), dtype=np.float32))
+    assert out.shape == (45, 70) and out.dtype == np.uint8
+
+
+def test_init_from_a_checkpoint_with_a_frozen_encoder(tmp_path: Path) -> None:
+    images, masks = write_lungs(tmp_path / "data")
+    train_seg(images, masks, tmp_path / "pre", quick(epochs=1, folds=1, val_fraction=0.25))
+    init = tmp_path / "pre" / "fold_0" / "best.pt"
+    config = quick(epochs=1, folds=1, val_fraction=0.25, init=str(init), freeze_encoder=True)
+    train_seg(images, masks, tmp_path / "fine", config)
+    before = load_checkpoint(init)["state_dict"]
+    after = load_checkpoint(tmp_path / "fine" / "fold_0" / "best.pt")["state_dict"]
+    weights = [k for k in before if k.endswith("conv.weight")]
+    assert all(torch.equal(before[k], after[k]) for k in weights if k.startswith("encoder."))
+    assert not all(torch.equal(before[k], after[k]) for k in weights if k.startswith("head."))
