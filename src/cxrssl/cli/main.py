@@ -17,12 +17,20 @@ from collections.abc import Sequence
 from cxrssl import __version__
 from cxrssl.errors import CxrsslError
 
-# Verb modules, in the order of the data path.
-VERB_MODULES = ("data", "masks", "train", "evaluate", "demo")
+# Verb -> the module registering it, in the order of the data path. Only the module of the
+# verb given is imported, so ``cxrssl masks`` starts without loading torch.
+VERBS = {
+    "data": "data",
+    "masks": "masks",
+    "train-seg": "train",
+    "predict": "train",
+    "evaluate-masks": "evaluate",
+    "demo": "demo",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every registered verb."""
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser: with ``verb``, only that verb's module; else every verb."""
     parser = argparse.ArgumentParser(
         prog="cxrssl",
         description="Label-efficient chest X-ray analysis.",
@@ -31,21 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cxrssl {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for name in VERB_MODULES:
-        try:
-            module = importlib.import_module(f"cxrssl.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"cxrssl.cli.{name}":
-                continue  # verb not built yet
-            raise
-        module.register(sub)
+    names = [VERBS[verb]] if verb in VERBS else list(dict.fromkeys(VERBS.values()))
+    for name in names:
+        importlib.import_module(f"cxrssl.cli.{name}").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cxrssl``; returns the exit code (also used as the console-script entry)."""
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     args.argv = argv  # the command line, for reports that say how to reproduce them
     logging.basicConfig(level=logging.INFO, format="%(message)s")
