@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cxrssl.data.adapters import ieee8023, jsrt, load, montgomery, nih, shenzhen
+from cxrssl.data.adapters import covid_collection, jsrt, load, montgomery, nih, shenzhen
 from cxrssl.data.datasets import DatasetWarning
 from cxrssl.data.splits import check_no_leak, make_split
 from cxrssl.errors import DatasetError, ImageReadError
@@ -247,7 +247,7 @@ def _covid_tree(data: Path) -> Path:
 
 def test_ieee8023_classification_table(tmp_path: Path) -> None:
     with pytest.warns(DatasetWarning, match=r"1 image\(s\) not found, rows dropped: "):
-        ds = ieee8023.load(_covid_tree(tmp_path))
+        ds = covid_collection.load(_covid_tree(tmp_path))
     assert ds.files() == ["a.png", "b.png"]
     assert ds.patient_ids() == ["285", "12"]  # the merged patient group
     assert ds.label_names == ("ARDS", "COVID-19", "SARS")
@@ -261,18 +261,18 @@ def test_ieee8023_mask_folder_layout(tmp_path: Path) -> None:
     _half_mask(root / "masks" / "x.png")
     _half_mask(root / "masks_lesion" / "x.png")
     (root / "labels.csv").write_text("filename,patient_id,has_ggo,finding\nx.png,39,1,COVID-19\n")
-    ds = ieee8023.load(root)
+    ds = covid_collection.load(root)
     assert ds.mask_names == ("masks", "masks_lesion") and ds.label_names == ()
     assert ds.patient_ids() == ["39"] and ds.records[0].meta["has_ggo"] == "1"
     with pytest.raises(DatasetError, match=r"nowhere[/\\]labels\.csv: ieee8023 labels table"):
-        ieee8023.load(tmp_path / "nowhere")
+        covid_collection.load(tmp_path / "nowhere")
 
 
 @pytest.mark.realdata
 def test_ieee8023_real_folders(shared_data: Path) -> None:
-    v7 = ieee8023.load(shared_data / "ieee8023_v7labs")
-    gb = ieee8023.load(shared_data / "ieee8023_generalblockchain")
-    covid = ieee8023.load(shared_data / "ieee8023_covid_chestxray_labels")
+    v7 = covid_collection.load(shared_data / "ieee8023_v7labs")
+    gb = covid_collection.load(shared_data / "ieee8023_generalblockchain")
+    covid = covid_collection.load(shared_data / "ieee8023_covid_chestxray_labels")
     assert (len(v7), len(set(v7.patient_ids()))) == (427, 257)
     assert (len(gb), len(set(gb.patient_ids()))) == (100, 73)
     assert (len(covid), len(set(covid.patient_ids()))) == (530, 312)

@@ -10,16 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cxrssl.data.adapters import ieee8023, jsrt, montgomery, nih, shenzhen
+from cxrssl.data.adapters import covid_collection, jsrt, montgomery, nih, shenzhen
 from cxrssl.data.datasets import FolderDataset
 from cxrssl.errors import DatasetError
 
-__all__ = ["LOADERS", "ieee8023", "jsrt", "load", "montgomery", "nih", "shenzhen"]
+__all__ = ["LOADERS", "covid_collection", "jsrt", "load", "montgomery", "nih", "shenzhen"]
 
 LOADERS: dict[str, Callable[..., FolderDataset]] = {
     "folder": FolderDataset.from_folder,
     "nih": nih.load,
-    "ieee8023": ieee8023.load,
+    "ieee8023": covid_collection.load,
     "montgomery": montgomery.load,
     "shenzhen": shenzhen.load,
     "jsrt": jsrt.load,
