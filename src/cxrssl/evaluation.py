@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -14,6 +12,7 @@ from pathlib import Path
 
 from cxrssl.data.datasets import index_files
 from cxrssl.errors import CxrsslError, DatasetError
+from cxrssl.files import write_text_atomic
 from cxrssl.io import IMAGE_SUFFIXES, read_mask
 from cxrssl.metrics import Summary, binary_metrics, summarise
 from cxrssl.parallel import pool_context
@@ -79,14 +78,6 @@ def evaluate_mask_folders(pred_dir: Path, true_dir: Path, workers: int = 1) -> M
     )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", newline="") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_rows_csv(path: Path, rows: Iterable[dict[str, float | str]]) -> None:
     """Per-image rows as CSV (atomic)."""
     rows = list(rows)
@@ -94,7 +85,7 @@ def write_rows_csv(path: Path, rows: Iterable[dict[str, float | str]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["file"])
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write_text(Path(path), buf.getvalue())
+    write_text_atomic(Path(path), buf.getvalue())
 
 
 def write_json(path: Path, evaluation: MaskEvaluation) -> None:
@@ -106,4 +97,4 @@ def write_json(path: Path, evaluation: MaskEvaluation) -> None:
         "extra": evaluation.extra,
         "failed": evaluation.failed,
     }
-    _atomic_write_text(Path(path), json.dumps(payload, indent=2))
+    write_text_atomic(Path(path), json.dumps(payload, indent=2))

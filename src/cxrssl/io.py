@@ -26,9 +26,7 @@ Choices, each made once here:
 from __future__ import annotations
 
 import io
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -39,6 +37,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 from pydicom.pixels.processing import apply_voi, apply_windowing
 
 from cxrssl.errors import ImageReadError
+from cxrssl.files import write_bytes_atomic
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -205,15 +204,7 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", mask.astype(np.uint8) * np.uint8(255))
     if not ok:
         raise ValueError(f"{path}: OpenCV could not encode the mask as PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, buf.tobytes())
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -37,6 +37,7 @@ from cxrssl.anatomy.overlay import draw_overlay
 from cxrssl.anatomy.pathology import pathology_map
 from cxrssl.anatomy.regions import regions
 from cxrssl.errors import CxrsslError
+from cxrssl.files import write_bytes_atomic
 from cxrssl.io import is_image_file, read_gray8
 from cxrssl.parallel import pool_context
 
@@ -103,12 +104,6 @@ def default_cache_dir() -> Path:
     return Path(base) / "cxrssl" / "anatomy"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _encode_png(array: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", array)
     if not ok:
@@ -134,7 +129,7 @@ def _compute(image: np.ndarray, s: _Settings) -> tuple[bytes, float, list[int] |
         png = b""
     if s.overlays_dir is not None:
         picture = draw_overlay(image, lungs.right, lungs.left, lungs.quality, extra, box)
-        _write_atomic(s.overlays_dir / f"{s.stem}.png", _encode_png(picture))
+        write_bytes_atomic(s.overlays_dir / f"{s.stem}.png", _encode_png(picture))
     return png, lungs.quality, list(box) if box else None
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from cxrssl.data.datasets import DatasetWarning
 from cxrssl.data.table import read_table
 from cxrssl.errors import DatasetError, SplitLeakError
+from cxrssl.files import atomic_open
 
 __all__ = [
     "SplitTable",
@@ -205,18 +204,11 @@ def write_split_csv(
         raise DatasetError(f"{path}: {len(files)} files but {len(side)} split entries")
     check_no_leak(patient_ids, side, files)
     column = "fold" if np.issubdtype(side.dtype, np.integer) else "split"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["file", "patient_id", column])
-            for row in zip(files, patient_ids, side.tolist(), strict=True):
-                writer.writerow([row[0], row[1] or "", row[2]])
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "patient_id", column])
+        for row in zip(files, patient_ids, side.tolist(), strict=True):
+            writer.writerow([row[0], row[1] or "", row[2]])
 
 
 def read_split_csv(path: str | Path) -> SplitTable:

@@ -224,8 +224,8 @@ def run_demo(
         )
     else:
         t = time.perf_counter()
-        masked = ds.subset([i for i, r in enumerate(ds.records) if MASK in r.masks])
-        side = side[[i for i, r in enumerate(ds.records) if MASK in r.masks]]
+        with_mask = [i for i, r in enumerate(ds.records) if MASK in r.masks]
+        masked, side = ds.subset(with_mask), side[with_mask]
         cache = load_cache(masked, config.size, mask=MASK)
         units = [Unit(SUPERVISED, k, s) for k in config.k_values for s in config.seeds]
         gallery_unit = next((u for u in units if u.n_labelled is None), units[-1])

@@ -28,6 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from cxrssl.files import write_text_atomic
 from cxrssl.study.runner import write_json_atomic
 
 _CSS = """
@@ -218,17 +219,13 @@ def write_report(study: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         "json": out_dir / "report.json",
         "md": out_dir / "summary.md",
     }
-    tmp = paths["html"].with_suffix(".html.tmp")
-    tmp.write_text(page)
-    tmp.replace(paths["html"])
+    write_text_atomic(paths["html"], page)
     plain = {
         **study,
         "gallery": [{k: v for k, v in g.items() if k != "png"} for g in study.get("gallery", [])],
     }
     write_json_atomic(paths["json"], plain)
-    tmp = paths["md"].with_suffix(".md.tmp")
-    tmp.write_text(markdown_summary(study))
-    tmp.replace(paths["md"])
+    write_text_atomic(paths["md"], markdown_summary(study))
     return paths
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cxrssl.files import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,8 @@ def fingerprint(settings: Mapping[str, Any]) -> str:
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=1, default=float)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w") as fh:
+        json.dump(payload, fh, indent=1, default=float)
 
 
 def _cached(path: Path, stamp: str) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ from cxrssl.augment import AugmentConfig
 from cxrssl.data.datasets import index_files
 from cxrssl.data.splits import kfold, make_split
 from cxrssl.errors import CxrsslError, DatasetError, ImageReadError
+from cxrssl.files import write_text_atomic
 from cxrssl.geometry import letterbox, unletterbox
 from cxrssl.io import IMAGE_SUFFIXES, read_image, read_mask, write_mask
 from cxrssl.losses import get_loss
@@ -49,7 +50,7 @@ from cxrssl.train import (
     save_checkpoint,
 )
 from cxrssl.train.engine import Callback
-from cxrssl.train.runlog import write_history_csv, write_text_atomic
+from cxrssl.train.runlog import write_history_csv
 
 log = logging.getLogger(__name__)
 

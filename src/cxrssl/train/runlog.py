@@ -12,14 +12,9 @@ from typing import Any
 import torch
 import yaml
 
+from cxrssl.files import write_text_atomic
+
 log = logging.getLogger(__name__)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def write_yaml(path: Path, data: Mapping[str, Any]) -> None:
