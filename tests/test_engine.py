@@ -200,3 +200,11 @@ def test_load_checkpoint_rejects_pickled_objects(tmp_path: Path) -> None:
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match=r"missing\.pt: checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_no_monitor_keeps_the_last_epoch(tmp_path: Path) -> None:
+    trainer = Trainer(toy_model(), ToyTask(), config(monitor=None, epochs=3), tmp_path)
+    trainer.fit(DataLoader(toy_data(), batch_size=8, shuffle=True))
+    best, last = load_checkpoint(tmp_path / "best.pt"), load_checkpoint(tmp_path / "last.pt")
+    assert best["epoch"] == last["epoch"] == 3 and trainer.best_epoch == 3
+    assert all(torch.equal(best["state_dict"][k], v) for k, v in last["state_dict"].items())

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxrssl.errors import DatasetError
+from cxrssl.errors import CxrsslError, DatasetError
 from cxrssl.losses import get_loss
 from cxrssl.nets import create_net
 from cxrssl.tasks import Predictor, SegConfig, train_seg
@@ -140,12 +140,44 @@ def test_kfold_run_resumes_to_the_same_metrics(tmp_path: Path) -> None:
     assert len(per_image) == 9 and per_image[0].startswith("fold,file,dice")
 
 
-def test_n_labelled_and_single_split(tmp_path: Path) -> None:
-    images, masks = write_lungs(tmp_path / "data")
+def test_n_labelled_with_validation_patients_and_a_single_model(tmp_path: Path) -> None:
+    images, masks = write_lungs(tmp_path / "data", n=12)  # 6 patients
     summary = train_seg(
-        images, masks, tmp_path / "run", quick(epochs=1, folds=1, n_labelled=3, val_fraction=0.25)
+        images, masks, tmp_path / "run", quick(epochs=1, n_labelled=3, val_fraction=0.25)
     )
-    assert [(f["n_train"], f["n_val"]) for f in summary["folds"]] == [(3, 2)]
+    assert [(f["n_train"], f["n_val"], f["n_scored"]) for f in summary["folds"]] == [
+        (3, 2, 6),
+        (3, 2, 6),
+    ]
+    one = train_seg(images, masks, tmp_path / "one", quick(epochs=1, folds=1))
+    assert one["folds"] == [] and (tmp_path / "one" / "fold_0" / "best.pt").is_file()
+    with pytest.raises(CxrsslError, match="--val-fraction"):
+        train_seg(images, masks, tmp_path / "x", quick(epochs=1, target_sensitivity=0.9))
+
+
+def test_the_scored_fold_chooses_nothing(tmp_path: Path) -> None:
+    """Fold 0's epoch, threshold and weights stay the same when the masks it is scored
+    against change: only its validation patients (taken from training folds) choose."""
+    images, masks = write_lungs(tmp_path / "data", n=12)
+    config = quick(epochs=3, val_fraction=0.25, lr=3e-2)
+    first = train_seg(images, masks, tmp_path / "a", config)
+    scored = {
+        r.split(",")[1]
+        for r in (tmp_path / "a" / "per_image.csv").read_text().split()[1:]
+        if r.startswith("0,")
+    }
+    other = tmp_path / "other_masks"
+    other.mkdir()
+    for path in masks.iterdir():
+        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(other / path.name), 255 - mask if path.name in scored else mask)
+    second = train_seg(images, other, tmp_path / "b", config)
+    a, b = first["folds"][0], second["folds"][0]
+    assert (a["best_epoch"], a["threshold"]) == (b["best_epoch"], b["threshold"])
+    assert a["dice"] != pytest.approx(b["dice"])
+    wa = load_checkpoint(tmp_path / "a" / "fold_0" / "best.pt")["state_dict"]
+    wb = load_checkpoint(tmp_path / "b" / "fold_0" / "best.pt")["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_predictor_ensemble_returns_masks_at_the_original_size(tmp_path: Path) -> None:

@@ -31,6 +31,13 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=_DEFAULT.batch_size, help="batch size")
     p.add_argument("--lr", type=float, default=_DEFAULT.lr, help="peak learning rate")
     p.add_argument("--folds", type=int, default=_DEFAULT.folds, help="patient folds (1: one split)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=_DEFAULT.val_fraction,
+        help="share of each fold's training patients held out to choose the epoch and the "
+        "threshold (0: last epoch, threshold 0.5)",
+    )
     p.add_argument("--n-labelled", type=int, default=None, help="labelled images per fold")
     p.add_argument("--init", default=None, help="checkpoint to initialise from")
     p.add_argument(
@@ -89,6 +96,7 @@ def run_train_seg(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         folds=args.folds,
+        val_fraction=args.val_fraction,
         n_labelled=args.n_labelled,
         init=args.init,
         init_encoder_only=not args.init_whole,
@@ -104,7 +112,7 @@ def run_train_seg(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     summary = train_seg(args.images, args.masks, args.out, config, resume=args.resume)
-    for name, s in summary["mean_std_over_folds"].items():
+    for name, s in summary.get("mean_std_over_folds", {}).items():
         print(f"{name:<12} {s['mean']:.4f} ± {s['std']:.4f}")
     print(f"run folder: {args.out}")
     return 0

@@ -69,10 +69,13 @@ class SegConfig:
         epochs: Training epochs per fold.
         batch_size: Images per batch.
         lr: Peak learning rate (AdamW, warm-up then cosine).
-        folds: Patient-level folds; 1 trains once with ``val_fraction`` of the patients held
-            out for validation.
-        val_fraction: Validation share of the patients when ``folds`` is 1.
-        n_labelled: Train on this many labelled images per fold (patient-aware draw).
+        folds: Patient-level folds, each scored once by the model trained on the others;
+            1 trains one model on all patients (less ``val_fraction``) and scores nothing else.
+        val_fraction: Share of each fold's training patients held out to choose the epoch
+            (and the threshold); 0 keeps the last epoch and threshold 0.5. The scored fold
+            never chooses anything.
+        n_labelled: Train on this many labelled images per fold (patient-aware draw, after
+            the validation patients are set aside).
         init: Checkpoint to initialise from.
         init_encoder_only: Load only the encoder from ``init``.
         encoder_lr_mult: Learning-rate multiplier of the encoder (e.g. 0.1 after ``init``).
@@ -96,7 +99,7 @@ class SegConfig:
     batch_size: int = 8
     lr: float = 3e-3
     folds: int = 5
-    val_fraction: float = 0.2
+    val_fraction: float = 0.0
     n_labelled: int | None = None
     init: str | None = None
     init_encoder_only: bool = True
@@ -114,12 +117,22 @@ class SegConfig:
 
 
 def _assign_folds(cache: SegCache, config: SegConfig) -> tuple[np.ndarray, int]:
+    """Fold of each image; with one fold every image is a training image (-1)."""
     if config.folds >= 2:
         return kfold(cache.patient_ids, config.folds, seed=config.seed), config.folds
     if config.folds != 1:
         raise CxrsslError(f"--folds must be 1 or more, got {config.folds}")
-    side = make_split(cache.patient_ids, val=config.val_fraction, test=0.0, seed=config.seed)
-    return np.where(side == "val", 0, -1), 1
+    return np.full(len(cache), -1), 1
+
+
+def _hold_out(
+    rows: np.ndarray, patient_ids: np.ndarray, config: SegConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Split a fold's training rows into (train, validation) by patient."""
+    if not config.val_fraction:
+        return rows, None
+    side = make_split(list(patient_ids[rows]), val=config.val_fraction, test=0.0, seed=seed)
+    return rows[side == "train"], rows[side == "val"]
 
 
 def _build_net(config: SegConfig, seed: int) -> nn.Module:
@@ -178,41 +191,35 @@ def evaluate_original(
     return _score(masks, cache), masks
 
 
-def evaluate_fold(
-    net: nn.Module, val: SegCache, config: SegConfig, device: torch.device
-) -> tuple[float, list[dict[str, float]], dict[str, float]]:
-    """Tune the threshold on ``val`` and measure each image at its original size.
+def score_fold(
+    net: nn.Module, test: SegCache, threshold: float, config: SegConfig, device: torch.device
+) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """Measure each image of ``test`` at its original size, step by step of the recipe.
 
     Returns:
-        (threshold, per-image metric rows of the configured recipe, mean Dice of each
-        recipe step: ``plain`` (0.5), ``tuned`` (threshold), ``+post`` (post-processing),
-        ``+tta`` (flip averaging)).
+        (per-image metric rows of the configured recipe, mean Dice after each step:
+        ``plain`` (threshold 0.5), ``+threshold`` (the validation threshold), ``+post``
+        (post-processing), ``+tta`` (flip averaging)).
     """
     net.eval()
-    probs = _batched_probs([net], val.images, device, tta=False)
-    threshold, _ = tune_threshold(probs, val.masks, config.target_sensitivity)
-    steps = {
-        "plain": _original_metrics(probs, val, 0.5, "none"),
-        "tuned": _original_metrics(probs, val, threshold, "none"),
-        "+post": _original_metrics(probs, val, threshold, config.postprocess),
-    }
-    rows = steps["+post"]
+    probs = _batched_probs([net], test.images, device, tta=False)
+    steps = {"plain": _original_metrics(probs, test, 0.5, "none")}
+    if threshold != 0.5:
+        steps["+threshold"] = _original_metrics(probs, test, threshold, "none")
+    steps["+post"] = rows = _original_metrics(probs, test, threshold, config.postprocess)
     if config.tta:
-        probs = _batched_probs([net], val.images, device, tta=True)
-        threshold, _ = tune_threshold(probs, val.masks, config.target_sensitivity)
-        steps["+tta"] = rows = _original_metrics(probs, val, threshold, config.postprocess)
+        probs = _batched_probs([net], test.images, device, tta=True)
+        steps["+tta"] = rows = _original_metrics(probs, test, threshold, config.postprocess)
     worth = {k: float(np.mean([r["dice"] for r in v])) for k, v in steps.items()}
-    return threshold, rows, worth
+    return rows, worth
 
 
 @dataclass
 class FoldFit:
-    """A trained fold: the best model, its tuned threshold and its validation figures."""
+    """A trained fold: the chosen model and its threshold."""
 
     net: nn.Module
     threshold: float
-    val_rows: list[dict[str, float]]
-    worth: dict[str, float]
     best_epoch: int
     history: list[dict[str, float]]
     device: torch.device
@@ -220,7 +227,7 @@ class FoldFit:
 
 def fit_fold(
     train: SegCache,
-    val: SegCache,
+    val: SegCache | None,
     config: SegConfig,
     run_dir: Path,
     seed: int,
@@ -228,12 +235,12 @@ def fit_fold(
     callbacks: Sequence[Callback] = (),
     meta: dict[str, Any] | None = None,
 ) -> FoldFit:
-    """Train on ``train``, keep the best epoch on ``val``, tune the threshold on ``val`` and
-    store it in ``run_dir/best.pt``.
+    """Train on ``train``; keep the best epoch on ``val`` and tune the threshold there (the
+    last epoch and 0.5 without ``val``); store the threshold in ``run_dir/best.pt``.
 
     Args:
         train: Training images and masks.
-        val: Validation images and masks (checkpoint choice, threshold).
+        val: Validation images and masks (epoch choice, threshold), or None.
         config: Recipe.
         run_dir: The engine's run folder.
         seed: Seed of the initial weights and of training.
@@ -254,7 +261,7 @@ def fit_fold(
         patience=config.patience,
         lr_mult={"encoder.": config.encoder_lr_mult} if config.encoder_lr_mult != 1 else {},
         freeze=("encoder.",) if config.freeze_encoder else (),
-        monitor="dice",
+        monitor="dice" if val is not None else None,
         monitor_mode="max",
         seed=seed,
         device=str(device),
@@ -278,15 +285,20 @@ def fit_fold(
         meta or {"segmentation": asdict(config)},
         callbacks,
     )
-    result = trainer.fit(
-        loader(train, config.batch_size, True), loader(val, 16, False), resume=resume
-    )
+    if config.target_sensitivity is not None and val is None:
+        raise CxrsslError("a target sensitivity needs validation patients (--val-fraction)")
+    val_loader = loader(val, 16, False) if val is not None else None
+    result = trainer.fit(loader(train, config.batch_size, True), val_loader, resume=resume)
     best = load_checkpoint(run_dir / "best.pt", map_location=device)
     net.load_state_dict(best["state_dict"])
-    threshold, rows, worth = evaluate_fold(net, val, config, device)
+    net.eval()
+    threshold = 0.5
+    if val is not None:
+        probs = _batched_probs([net], val.images, device, tta=config.tta)
+        threshold, _ = tune_threshold(probs, val.masks, config.target_sensitivity)
     best["extra"] = {**best["extra"], "threshold": threshold}
     save_checkpoint(run_dir / "best.pt", best)
-    return FoldFit(net, threshold, rows, worth, int(best["epoch"]), result.history, device)
+    return FoldFit(net, threshold, int(best["epoch"]), result.history, device)
 
 
 def train_seg(
@@ -318,13 +330,22 @@ def train_seg(
     per_image: list[dict[str, Any]] = []
     folds: list[dict[str, Any]] = []
     for fold in range(n_folds):
-        train_rows = np.flatnonzero(assignment != fold)
+        train_rows, val_rows = _hold_out(
+            np.flatnonzero(assignment != fold), pids, config, config.seed + fold
+        )
         if config.n_labelled:
             pick = draw_labelled(list(pids[train_rows]), config.n_labelled, config.seed + fold)
             train_rows = train_rows[pick]
-        train, val = cache.subset(train_rows), cache.subset(np.flatnonzero(assignment == fold))
+        train = cache.subset(train_rows)
+        val = cache.subset(val_rows) if val_rows is not None else None
+        test = cache.subset(np.flatnonzero(assignment == fold))
         log.info(
-            "fold %d/%d: %d training, %d validation images", fold + 1, n_folds, len(train), len(val)
+            "fold %d/%d: %d training, %d validation, %d scored images",
+            fold + 1,
+            n_folds,
+            len(train),
+            len(val) if val is not None else 0,
+            len(test),
         )
         fitted = fit_fold(
             train,
@@ -336,21 +357,27 @@ def train_seg(
             callbacks,
             {"segmentation": asdict(config), "fold": fold},
         )
-        threshold, rows, worth = fitted.threshold, fitted.val_rows, fitted.worth
+        if not len(test):
+            log.info("one fold: trained on every patient, nothing left to score")
+            summary = _summary(config, [], [], n_folds)
+            write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+            break
+        rows, worth = score_fold(fitted.net, test, fitted.threshold, config, fitted.device)
         means = {k: float(np.mean([r[k] for r in rows])) for k in REPORTED}
         folds.append(
             {
                 "fold": fold,
                 "n_train": len(train),
-                "n_val": len(val),
+                "n_val": len(val) if val is not None else 0,
+                "n_scored": len(test),
                 "best_epoch": fitted.best_epoch,
-                "threshold": threshold,
+                "threshold": fitted.threshold,
                 **means,
                 "dice_by_step": worth,
             }
         )
         per_image += [
-            {"fold": fold, "file": p.name, **r} for p, r in zip(val.paths, rows, strict=True)
+            {"fold": fold, "file": p.name, **r} for p, r in zip(test.paths, rows, strict=True)
         ]
         log.info(
             "fold %d: %s; Dice by step: %s",
@@ -369,6 +396,8 @@ def _summary(
     config: SegConfig, folds: list[dict[str, Any]], per_image: list[dict[str, Any]], n_folds: int
 ) -> dict[str, Any]:
     across: dict[str, dict[str, float]] = {}
+    if not folds:  # one model trained on everything: no scored fold
+        return {"config": asdict(config), "complete": True, "folds": []}
     for k in REPORTED:
         values = np.array([f[k] for f in folds])
         std = float(values.std(ddof=1)) if len(values) > 1 else 0.0

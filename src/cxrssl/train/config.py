@@ -27,7 +27,8 @@ class TrainConfig:
         amp: Mixed precision on CUDA (bfloat16 where supported, else float16 with a
             gradient scaler); ignored on CPU.
         patience: Stop after this many validations without improvement; 0 never stops.
-        monitor: Validation metric choosing ``best.pt`` and early stopping.
+        monitor: Validation metric choosing ``best.pt`` and early stopping; None keeps the
+            last epoch as ``best.pt`` (no choice on held-out data, no early stopping).
         monitor_mode: ``"max"`` or ``"min"``.
         max_bad_batches: Consecutive non-finite losses tolerated (each batch skipped)
             before training stops with an error.
@@ -51,7 +52,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     amp: bool = True
     patience: int = 0
-    monitor: str = "loss"
+    monitor: str | None = "loss"
     monitor_mode: str = "min"
     max_bad_batches: int = 3
     seed: int = 0

@@ -323,19 +323,16 @@ class Trainer:
         row |= self.train_epoch(train_loader)
         if val_loader is not None:
             row |= {f"val_{k}": float(v) for k, v in self.validate(val_loader).items()}
-        key = (
-            f"val_{self.config.monitor}"
-            if val_loader is not None
-            else f"train_{self.config.monitor}"
-        )
-        if key not in row:
+        monitor = self.config.monitor
+        key = f"val_{monitor}" if val_loader is not None else f"train_{monitor}"
+        if monitor is not None and key not in row:
             raise TrainingError(f"monitored metric {key!r} not among {sorted(row)}")
         self.epoch += 1
         row["seconds"] = time.perf_counter() - start
         self.history.append(row)
-        improved = self._improved(row[key])
+        improved = monitor is None or self._improved(row[key])
         if improved:
-            self.best, self.best_epoch, self.bad_epochs = row[key], self.epoch, 0
+            self.best, self.best_epoch, self.bad_epochs = row.get(key), self.epoch, 0
         else:
             self.bad_epochs += 1
         if self.config.patience and self.bad_epochs >= self.config.patience:
