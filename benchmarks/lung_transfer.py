@@ -12,12 +12,12 @@ Steps (each one a ``cxrssl`` command, printed before it runs; finished steps are
 
     pools      OUT/pools/{pretrain,external}/{images,masks,labels.csv} (symbolic links)
     pretrain   cxrssl train-seg --folds 1 --val-fraction 0 on OUT/pools/pretrain
-    scratch    cxrssl train-seg on gb, 5 patient folds, from random weights
-    init       the same with --init OUT/pretrain/fold_0/best.pt --init-whole
+    scratch    cxrssl train-seg on gb, 5 patient folds, from random weights -> OUT/scratch_eE
+    init       the same with --init OUT/pretrain/fold_0/best.pt --init-whole -> OUT/init_eE
     external   cxrssl predict (5-fold ensemble) + cxrssl evaluate-masks on OUT/pools/external
 
     .venv/bin/python benchmarks/lung_transfer.py --out /tmp/lt
-    .venv/bin/python benchmarks/lung_transfer.py --out /tmp/lt --steps pools pretrain
+    .venv/bin/python benchmarks/lung_transfer.py --out /tmp/lt --steps init external --epochs 40
 """
 
 from __future__ import annotations
@@ -100,18 +100,20 @@ def main() -> None:
             *("--epochs", str(args.pretrain_epochs), *common),
         )
     init = ("--init", str(out / "pretrain" / "fold_0" / "best.pt"), "--init-whole")
-    for name, extra in (("scratch", ()), ("init", init)):
+    runs = {f"{name}_e{args.epochs}": name for name in ("scratch", "init")}
+    for run, name in runs.items():
         if name in args.steps:
             _cxrssl(
                 "train-seg",
                 *("--images", str(gb / "images"), "--masks", str(gb / "masks")),
-                *("--out", str(out / name), "--epochs", str(args.epochs), *extra, *common),
+                *("--out", str(out / run), "--epochs", str(args.epochs), *common),
+                *(init if name == "init" else ()),
             )
     if "external" in args.steps:
-        for name in ("scratch", "init"):
-            if (out / name / "summary.json").is_file():
-                pred = out / "external" / name
-                _cxrssl("predict", str(out / name), str(ext / "images"), str(pred))
+        for run in runs:
+            if (out / run / "summary.json").is_file():
+                pred = out / "external" / run
+                _cxrssl("predict", str(out / run), str(ext / "images"), str(pred))
                 _cxrssl("evaluate-masks", str(pred), str(ext / "masks"))
 
 

@@ -248,6 +248,10 @@ def fit_fold(
         callbacks: Passed to the :class:`cxrssl.train.Trainer`.
         meta: Extra run description stored in the checkpoints.
     """
+    if val is None and (config.target_sensitivity is not None or config.patience):
+        raise CxrsslError(
+            "a target sensitivity or early stopping needs validation patients (--val-fraction)"
+        )
     device = resolve_device(config.device)
     net = _build_net(config, seed)
     task = SegmentationTask(
@@ -285,8 +289,6 @@ def fit_fold(
         meta or {"segmentation": asdict(config)},
         callbacks,
     )
-    if config.target_sensitivity is not None and val is None:
-        raise CxrsslError("a target sensitivity needs validation patients (--val-fraction)")
     val_loader = loader(val, 16, False) if val is not None else None
     result = trainer.fit(loader(train, config.batch_size, True), val_loader, resume=resume)
     best = load_checkpoint(run_dir / "best.pt", map_location=device)
