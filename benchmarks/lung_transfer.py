@@ -4,13 +4,15 @@ both models on v7labs patients that neither saw.
 v7labs draws the retrocardiac lung, gb does not: a model initialised on v7labs learns the gb
 convention while it is fine-tuned on each gb fold. Patients are never shared between parts:
 
+    gb        the 98 gb images whose labels.csv says both lungs are drawn (2 films have one
+              lung drawn and the other left as background: has_left/right_lung_mask = 0)
     pool      v7labs images of patients absent from gb, split by patient (seeded) into
     pretrain  half of the pool: the v7labs model is trained on it (all of it, last epoch)
     external  the other half: scored against its v7labs masks (other convention)
 
 Steps (each one a ``cxrssl`` command, printed before it runs; finished steps are skipped):
 
-    pools      OUT/pools/{pretrain,external}/{images,masks,labels.csv} (symbolic links)
+    pools      OUT/pools/{gb,pretrain,external}/{images,masks,labels.csv} (symbolic links)
     pretrain   cxrssl train-seg --folds 1 --val-fraction 0 on OUT/pools/pretrain
     scratch    cxrssl train-seg on gb, 5 patient folds, from random weights -> OUT/scratch_eE
     init       the same with --init OUT/pretrain/fold_0/best.pt --init-whole -> OUT/init_eE
@@ -40,31 +42,36 @@ def _rows(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _link(rows: list[dict[str, str]], source: Path, root: Path) -> int:
+    """Link the images and masks of ``rows`` from ``source`` into ``root``, with a
+    labels.csv of file names and patient ids."""
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        for r in rows:
+            link = root / sub / r["filename"]
+            if not link.exists():
+                link.symlink_to((source / sub / r["filename"]).resolve())
+    with open(root / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["filename", "patient_id"])
+        writer.writeheader()
+        writer.writerows({"filename": r["filename"], "patient_id": r["patient_id"]} for r in rows)
+    return len(rows)
+
+
 def make_pools(v7: Path, gb: Path, out: Path, seed: int) -> dict[str, int]:
-    """Link v7labs images of patients absent from ``gb`` into ``out/{pretrain,external}``,
-    split by patient. Returns the number of images in each."""
-    seen = {r["patient_id"] for r in _rows(gb)}
+    """Link the parts (module doc) into ``out``; returns the number of images in each."""
+    gb_rows = _rows(gb)
+    seen = {r["patient_id"] for r in gb_rows}
     rows = [r for r in _rows(v7) if r["patient_id"] not in seen and r["patient_id"]]
     side = make_split([r["patient_id"] for r in rows], val=0.5, test=0.0, seed=seed)
-    counts = {}
-    for name, pick in (("pretrain", "train"), ("external", "val")):
-        part = [r for r, s in zip(rows, side, strict=True) if s == pick]
-        root = out / name
-        for sub in ("images", "masks"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-            for r in part:
-                link = root / sub / r["filename"]
-                if not link.exists():
-                    link.symlink_to((v7 / sub / r["filename"]).resolve())
-        with open(root / "labels.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["filename", "patient_id"])
-            writer.writeheader()
-            writer.writerows(
-                {"filename": r["filename"], "patient_id": r["patient_id"]} for r in part
-            )
-        counts[name] = len(part)
-    both = [set(r["patient_id"] for r in _rows(out / n)) for n in ("pretrain", "external")]
-    assert not both[0] & both[1] and not (both[0] | both[1]) & seen
+    counts = {
+        name: _link([r for r, s in zip(rows, side, strict=True) if s == pick], v7, out / name)
+        for name, pick in (("pretrain", "train"), ("external", "val"))
+    }
+    both = [r for r in gb_rows if r["has_left_lung_mask"] == r["has_right_lung_mask"] == "1"]
+    counts["gb"] = _link(both, gb, out / "gb")
+    pids = [{r["patient_id"] for r in _rows(out / n)} for n in ("pretrain", "external", "gb")]
+    assert not pids[0] & pids[1] and not (pids[0] | pids[1]) & pids[2]
     return counts
 
 
@@ -105,7 +112,12 @@ def main() -> None:
         if name in args.steps:
             _cxrssl(
                 "train-seg",
-                *("--images", str(gb / "images"), "--masks", str(gb / "masks")),
+                *(
+                    "--images",
+                    str(out / "pools" / "gb" / "images"),
+                    "--masks",
+                    str(out / "pools" / "gb" / "masks"),
+                ),
                 *("--out", str(out / run), "--epochs", str(args.epochs), *common),
                 *(init if name == "init" else ()),
             )
