@@ -37,23 +37,22 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _argv(data: Path, out: Path, config: Path) -> list[str]:
+    return [
+        "demo",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+        "--device",
+        "cpu",
+    ]
+
+
 def _demo(data: Path, out: Path, config: Path) -> dict[str, Any]:
-    assert (
-        main(
-            [
-                "demo",
-                "--data",
-                str(data),
-                "--out",
-                str(out),
-                "--config",
-                str(config),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert main(_argv(data, out, config)) == 0
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
     return report
 
@@ -100,22 +99,7 @@ def test_killed_midway_rerun_computes_only_missing_units(
 
     monkeypatch.setattr(units_module, "segmentation_unit", dies_on_third)
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "demo",
-                "--data",
-                str(small),
-                "--out",
-                str(out),
-                "--config",
-                str(config),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 130
-    )
+    assert main(_argv(small, out, config)) == 130
     assert len(list((out / "units").glob("*.json"))) == 2
 
     rerun: list[str] = []

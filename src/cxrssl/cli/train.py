@@ -30,7 +30,12 @@ def register(sub: Any) -> None:
     p.add_argument("--epochs", type=int, default=_DEFAULT.epochs, help="epochs per fold")
     p.add_argument("--batch-size", type=int, default=_DEFAULT.batch_size, help="batch size")
     p.add_argument("--lr", type=float, default=_DEFAULT.lr, help="peak learning rate")
-    p.add_argument("--folds", type=int, default=_DEFAULT.folds, help="patient folds (1: one split)")
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=_DEFAULT.folds,
+        help="patient folds (1: one model on every patient)",
+    )
     p.add_argument(
         "--val-fraction",
         type=float,
