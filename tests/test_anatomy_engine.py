@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 
 import cxrssl
+import cxrssl.anatomy.engine as engine
+import cxrssl.anatomy.rules as rules
+import cxrssl.files as files
 from cxrssl.anatomy import AnatomyError
-from cxrssl.anatomy.engine import run_masks
+from cxrssl.anatomy.engine import CODE_ROOTS, cache_key, run_masks
+from cxrssl.provenance import modules_of
 
 SAMPLE = Path(cxrssl.__file__).parent / "data" / "sample" / "images"
 
@@ -84,6 +88,65 @@ def test_second_run_comes_from_the_cache(folder: Path, tmp_path: Path) -> None:
         entry.write_bytes(torn if i % 2 else b"\x00\x00\x00\x09{broken")
     fourth = run_masks(folder, tmp_path / "d", cache_dir=cache)
     assert fourth.written == first.written and fourth.failed == first.failed
+
+
+def test_changed_parameter_code_or_image_misses_the_cache(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    first = run_masks(folder, tmp_path / "a", cache_dir=cache)
+    assert run_masks(folder, tmp_path / "b", cache_dir=cache).cached == first.written
+    with monkeypatch.context() as patch:  # a rule parameter: same source, new outputs
+        patch.setattr(rules, "CORE_LEVEL", rules.CORE_LEVEL + 0.05)
+        changed = run_masks(folder, tmp_path / "c", cache_dir=cache)
+    assert changed.written == first.written and changed.cached == 0
+    with monkeypatch.context() as patch:  # an edited source file of the computation
+        patch.setattr(engine, "source_hash", lambda modules: "edited")
+        edited = run_masks(folder, tmp_path / "d", cache_dir=cache)
+    assert edited.written == first.written and edited.cached == 0
+    image = folder / "inverted.png"  # one rewritten image misses, the others hit
+    cv2.imwrite(str(image), np.flipud(_imread(image, cv2.IMREAD_GRAYSCALE)))
+    again = run_masks(folder, tmp_path / "e", cache_dir=cache)
+    assert again.written == 1 and again.cached == first.written - 1
+
+
+def test_cache_key_covers_the_code_that_runs() -> None:
+    modules = modules_of(CODE_ROOTS)
+    for name in ("cxrssl.anatomy.rules", "cxrssl.anatomy.trace", "cxrssl.io", "cxrssl.viz"):
+        assert name in modules  # trace and viz are only imported, never named as roots
+    keys = {cache_key(k, m) for k in ("lungs", "crop") for m in ("default", "seed")}
+    assert len(keys) == 4 and cache_key("lungs", "default") in keys
+
+
+def test_a_killed_run_leaves_no_torn_file(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Killed(BaseException):
+        pass
+
+    renames: list[str] = []
+    real_replace = files.os.replace
+
+    def dying_replace(src: str, dst: str | Path) -> None:
+        if len(renames) == 5:  # some outputs and cache entries are in place, then the kill
+            raise Killed
+        renames.append(str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", dying_replace)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    with pytest.raises(Killed):
+        run_masks(folder, out, cache_dir=cache)
+    assert renames, "the engine's writes must go through cxrssl.files"
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    for path in out.glob("*.png"):  # whatever is there is whole
+        source = _imread(folder / path.name, cv2.IMREAD_GRAYSCALE)
+        assert _imread(path, cv2.IMREAD_GRAYSCALE).shape == source.shape
+    entries = sorted(cache.rglob("*.bin"))
+    assert entries and all(engine._lookup(entry) is not None for entry in entries)
+    monkeypatch.undo()
+    summary = run_masks(folder, out, cache_dir=cache)  # the re-run completes the rest
+    assert summary.cached == len(entries) and (out / "quality.csv").is_file()
 
 
 def test_two_workers_give_the_same_outputs(folder: Path, tmp_path: Path) -> None:

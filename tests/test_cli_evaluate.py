@@ -89,4 +89,46 @@ def test_identical_real_masks_give_dice_one(
     assert main(["evaluate-masks", str(masks), str(masks)]) == 0
     out = capsys.readouterr().out
     dice_line = next(line for line in out.splitlines() if line.startswith("dice"))
-    assert "1.000 ± 0.000" in dice_line and dice_line.split()[-1] == "427"
+    assert "1.000 ± 0.000" in dice_line and dice_line.split()[-2:] == ["427", "0"]
+
+
+def test_an_image_with_both_masks_empty_is_left_out_and_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pred_dir, true_dir = _pair(tmp_path)
+    write_mask(true_dir / "b.png", np.zeros((4, 4), np.uint8))  # no finding, none predicted
+    write_mask(pred_dir / "b.png", np.zeros((4, 4), np.uint8))
+    out_json = tmp_path / "e.json"
+    assert main(["evaluate-masks", str(pred_dir), str(true_dir), "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    payload = json.loads(out_json.read_text())
+    dice = payload["summary"]["dice"]
+    assert (dice["n"], dice["n_nan"]) == (1, 1) and dice["mean"] == pytest.approx(6 / 9)
+    clear = payload["summary"]["clear"]  # the image-level figure counts it as right
+    assert (clear["n"], clear["mean"]) == (1, 1.0)
+    assert (
+        "empty-mask convention 'nan'" in text
+        and "empty-mask convention" in payload["empty_convention"]
+    )
+    assert main(["evaluate-masks", str(pred_dir), str(true_dir), "--empty", "one",
+                 "--json", str(out_json)]) == 0  # fmt: skip
+    dice = json.loads(out_json.read_text())["summary"]["dice"]
+    assert (dice["n"], dice["n_nan"]) == (2, 0) and dice["mean"] == pytest.approx((6 / 9 + 1) / 2)
+
+
+def test_patients_csv_bootstraps_over_patients(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pred_dir, true_dir = _pair(tmp_path)
+    for name in ("b", "c"):
+        write_mask(true_dir / f"{name}.png", np.ones((4, 4), np.uint8))
+        write_mask(pred_dir / f"{name}.png", np.ones((4, 4), np.uint8))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("filename,patient_id\na.png,p1\nb.png,p1\nc.png,p2\n")
+    out_json = tmp_path / "e.json"
+    args = ["evaluate-masks", str(pred_dir), str(true_dir), "--patients", str(labels)]
+    assert main([*args, "--json", str(out_json), "--csv", str(tmp_path / "e.csv")]) == 0
+    assert "bootstrap over 2 patients" in capsys.readouterr().out
+    payload = json.loads(out_json.read_text())
+    assert payload["summary"]["dice"]["n_patients"] == 2
+    assert [r["patient_id"] for r in payload["rows"]] == ["p1", "p1", "p2"]

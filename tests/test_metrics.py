@@ -60,31 +60,66 @@ DIAG16 = math.sqrt(16**2 + 16**2)
 FULL = (0, 16, 0, 16)
 SQUARE = (4, 8, 4, 8)
 
-# (prediction box, truth box, expected metrics): the documented empty-mask conventions.
+NAN = math.nan
+# (prediction box, truth box, expected under "nan", expected under "one"): the documented
+# empty-mask conventions (image-level "detected" / "clear" are the same in both).
 EMPTY_CASES = [
-    (None, None, {"dice": 1, "iou": 1, "sensitivity": 1, "specificity": 1, "precision": 1,
-                  "hd95": 0}),
-    (None, SQUARE, {"dice": 0, "iou": 0, "sensitivity": 0, "specificity": 1, "precision": 1,
-                    "hd95": DIAG16}),
-    (SQUARE, None, {"dice": 0, "iou": 0, "sensitivity": 1, "specificity": 240 / 256,
-                    "precision": 0, "hd95": DIAG16}),
-    (FULL, FULL, {"dice": 1, "iou": 1, "sensitivity": 1, "specificity": 1, "precision": 1,
-                  "hd95": 0}),
-    (SQUARE, FULL, {"dice": 32 / 272, "iou": 16 / 256, "sensitivity": 16 / 256,
-                    "specificity": 1, "precision": 1}),
+    (None, None,
+     {"dice": NAN, "iou": NAN, "sensitivity": NAN, "specificity": 1, "precision": NAN,
+      "hd95": NAN, "detected": NAN, "clear": 1},
+     {"dice": 1, "iou": 1, "sensitivity": 1, "specificity": 1, "precision": 1, "hd95": 0}),
+    (None, SQUARE,
+     {"dice": 0, "iou": 0, "sensitivity": 0, "specificity": 1, "precision": NAN,
+      "hd95": NAN, "detected": 0, "clear": NAN},
+     {"dice": 0, "iou": 0, "sensitivity": 0, "specificity": 1, "precision": 1,
+      "hd95": DIAG16}),
+    (SQUARE, None,
+     {"dice": 0, "iou": 0, "sensitivity": NAN, "specificity": 240 / 256, "precision": 0,
+      "hd95": NAN, "detected": NAN, "clear": 0},
+     {"dice": 0, "iou": 0, "sensitivity": 1, "specificity": 240 / 256, "precision": 0,
+      "hd95": DIAG16}),
+    (FULL, FULL,
+     {"dice": 1, "iou": 1, "sensitivity": 1, "specificity": NAN, "precision": 1, "hd95": 0,
+      "detected": 1, "clear": NAN},
+     {"dice": 1, "iou": 1, "sensitivity": 1, "specificity": 1, "precision": 1, "hd95": 0}),
+    (SQUARE, FULL,
+     {"dice": 32 / 272, "iou": 16 / 256, "sensitivity": 16 / 256, "specificity": NAN,
+      "precision": 1, "detected": 1},
+     {"dice": 32 / 272, "iou": 16 / 256, "sensitivity": 16 / 256, "specificity": 1,
+      "precision": 1}),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("pred", "true", "expected"), EMPTY_CASES)
+@pytest.mark.parametrize(("pred", "true", "nan_rule", "one_rule"), EMPTY_CASES)
 def test_empty_mask_conventions(
     pred: tuple[int, int, int, int] | None,
     true: tuple[int, int, int, int] | None,
-    expected: dict[str, float],
+    nan_rule: dict[str, float],
+    one_rule: dict[str, float],
 ) -> None:
-    m = binary_metrics(_sq(box=pred), _sq(box=true))
-    for k, v in expected.items():
-        assert m[k] == pytest.approx(v), k
-    assert all(math.isfinite(v) for v in m.values())
+    default = binary_metrics(_sq(box=pred), _sq(box=true))
+    assert default.keys() == set(METRIC_NAMES)
+    for k, v in nan_rule.items():
+        assert default[k] == pytest.approx(v, nan_ok=True), k
+    legacy = binary_metrics(_sq(box=pred), _sq(box=true), empty="one")
+    for k, v in one_rule.items():
+        assert legacy[k] == pytest.approx(v), k
+    assert all(math.isfinite(legacy[k]) for k in METRIC_NAMES[:6])
+
+
+def test_undefined_images_are_left_out_and_counted() -> None:
+    rows = [
+        binary_metrics(_sq(box=SQUARE), _sq(box=SQUARE), hd95=False),  # Dice 1
+        binary_metrics(_sq(box=(4, 8, 4, 6)), _sq(box=SQUARE), hd95=False),  # Dice 2/3
+        binary_metrics(_sq(), _sq(), hd95=False),  # both empty: undefined
+    ]
+    dice = summarise(rows, n_boot=10)["dice"]
+    assert (dice.n, dice.n_nan) == (2, 1)
+    assert dice.mean == pytest.approx((1 + 2 / 3) / 2)
+    legacy = [binary_metrics(_sq(), _sq(), hd95=False, empty="one")]
+    assert summarise(legacy, n_boot=10)["dice"].mean == 1.0
+    with pytest.raises(MetricError, match="unknown empty-mask convention 'zero'"):
+        binary_metrics(_sq(), _sq(), empty="zero")
 
 
 def test_hd95_known_distances() -> None:
@@ -98,8 +133,9 @@ def test_hd95_known_distances() -> None:
 
 
 def test_hd95_one_empty_is_diagonal_in_spacing_units() -> None:
-    d = hausdorff95(_sq(), _sq(box=SQUARE), spacing=(1.0, 2.0))
+    d = hausdorff95(_sq(), _sq(box=SQUARE), spacing=(1.0, 2.0), empty="one")
     assert d == pytest.approx(math.sqrt(16**2 + 32**2))
+    assert math.isnan(hausdorff95(_sq(), _sq(box=SQUARE)))
 
 
 def test_bool_masks_accepted_and_bad_inputs_rejected() -> None:
@@ -121,11 +157,12 @@ def test_batch_metrics_match_per_image() -> None:
     masks[2, 1] = False  # truth empty
     masks[3, 1] = True  # truth covers everything
     pred, true = torch.from_numpy(masks[:, 0]), torch.from_numpy(masks[:, 1]).float()
-    out = batch_metrics(pred, true)
-    for i in range(6):
-        ref = binary_metrics(masks[i, 0, 0], masks[i, 1, 0], hd95=False)
-        for k, v in ref.items():
-            assert out[k][i].item() == pytest.approx(v, abs=1e-6), (i, k)
+    for empty in ("nan", "one"):
+        out = batch_metrics(pred, true, empty=empty)
+        for i in range(6):
+            ref = binary_metrics(masks[i, 0, 0], masks[i, 1, 0], hd95=False, empty=empty)
+            for k in out:
+                assert out[k][i].item() == pytest.approx(ref[k], abs=1e-6, nan_ok=True), (i, k)
     assert out["dice"].shape == (6,)
     with pytest.raises(MetricError, match=r"differs from y"):
         batch_metrics(pred, true[:, :, :4])
@@ -154,6 +191,28 @@ def test_aggregate_edge_cases() -> None:
     assert none.n == 0 and none.n_nan == 1 and math.isnan(none.mean)
     with pytest.raises(MetricError, match=r"ci must lie in \(0, 1\), got 95"):
         aggregate([1.0, 2.0], ci=95)
+
+
+def test_bootstrap_resamples_patients_not_images() -> None:
+    rng = np.random.default_rng(0)
+    per_patient = rng.normal(0.8, 0.1, size=60)
+    single = aggregate(per_patient, n_boot=4000, seed=1, groups=np.arange(60))
+    # every patient has 5 near-identical follow-up films
+    films = np.repeat(per_patient, 5) + rng.normal(0, 1e-4, size=300)
+    patients = np.repeat([f"p{i}" for i in range(60)], 5)
+    clustered = aggregate(films, n_boot=4000, seed=1, groups=patients)
+    naive = aggregate(films, n_boot=4000, seed=1)
+    width = single.ci_high - single.ci_low
+    assert clustered.ci_high - clustered.ci_low == pytest.approx(width, rel=0.15)
+    assert naive.ci_high - naive.ci_low == pytest.approx(width / math.sqrt(5), rel=0.15)
+    assert (clustered.n, clustered.n_patients, naive.n_patients) == (300, 60, 0)
+    assert clustered.mean == pytest.approx(films.mean())
+    # NaN values leave their patients' other values in; unknown ids are patients of their own
+    v = [0.5, math.nan, 0.7, 0.9]
+    s = aggregate(v, n_boot=100, groups=["a", "a", None, None])
+    assert (s.n, s.n_nan, s.n_patients) == (3, 1, 3)
+    with pytest.raises(MetricError, match="3 group ids for 4 values"):
+        aggregate(v, groups=["a", "b", "c"])
 
 
 def test_summarise_rows() -> None:

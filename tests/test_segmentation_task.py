@@ -4,6 +4,7 @@ k-fold training with exact resume, prediction at the original size."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import cv2
@@ -11,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from cxrssl.data import DatasetWarning
 from cxrssl.errors import CxrsslError, DatasetError
 from cxrssl.losses import get_loss
 from cxrssl.nets import create_net
 from cxrssl.tasks import Predictor, SegConfig, train_seg
-from cxrssl.tasks.seg_data import draw_labelled
+from cxrssl.tasks.seg_data import draw_labelled, load_cache, open_folders
 from cxrssl.tasks.seg_task import SegmentationTask, postprocess, tune_threshold
 from cxrssl.train import Trainer, load_checkpoint
 
@@ -68,6 +70,21 @@ def test_tune_threshold_finds_the_best_dice_and_a_sensitivity_target() -> None:
     assert 0.35 < strict <= 0.6  # the highest threshold that still finds 75 % of pixels
 
 
+def test_tune_threshold_earns_nothing_for_blanking_images_without_a_finding() -> None:
+    # 2 lesion images, best at a low threshold (weak lesion probabilities 0.3); 6 images with
+    # no lesion whose background sits at 0.25. Under the old rule (Dice 1 for an empty pair)
+    # blanking those 6 pulled the threshold above 0.3 and lost the lesions.
+    truth = torch.zeros(8, 1, 8, 8, dtype=torch.uint8)
+    truth[:2, :, 2:6, 2:6] = 1
+    probs = torch.full((8, 1, 8, 8), 0.05)
+    probs[:2][truth[:2].bool()] = 0.3
+    probs[2:] = 0.25
+    threshold, dice = tune_threshold(probs, truth)
+    assert threshold <= 0.3 and dice == pytest.approx(1.0)
+    none, undefined = tune_threshold(probs[2:], truth[2:])  # no finding at all: no choice
+    assert none == 0.1 and math.isnan(undefined)
+
+
 def test_postprocess_keeps_two_lungs_and_fills_holes() -> None:
     mask = np.zeros((40, 40), np.uint8)
     mask[5:35, 3:15] = 1
@@ -83,10 +100,10 @@ def test_postprocess_keeps_two_lungs_and_fills_holes() -> None:
 
 
 def test_draw_labelled_spreads_over_patients_and_is_seeded() -> None:
-    pids = ["a", "a", "a", "b", "b", "c", None, None]
+    pids = ["a", "a", "a", "b", "b", "c", "d", "e"]
     pick = draw_labelled(pids, 5, seed=1)
     assert len(pick) == 5 and len(set(pick.tolist())) == 5
-    assert {pids[i] for i in pick if pids[i]} == {"a", "b", "c"}  # all patients before repeats
+    assert len({pids[i] for i in pick}) == 5  # all patients before repeats
     assert np.array_equal(pick, draw_labelled(pids, 5, seed=1))
     assert len(draw_labelled(pids, 100, seed=0)) == 8
     with pytest.raises(DatasetError, match="--n-labelled must be at least 1, got 0"):
@@ -122,8 +139,8 @@ def test_kfold_run_resumes_to_the_same_metrics(tmp_path: Path) -> None:
     with pytest.raises(Killed):
         train_seg(images, masks, tmp_path / "part", quick(epochs=3), callbacks=[kill])
     resumed = train_seg(images, masks, tmp_path / "part", quick(epochs=3), resume=True)
-    assert resumed["folds"] == full["folds"]
-    assert resumed["mean_std_over_folds"] == full["mean_std_over_folds"]
+    assert json.dumps(resumed["folds"]) == json.dumps(full["folds"])  # NaN-safe equality
+    assert json.dumps(resumed["mean_std_over_folds"]) == json.dumps(full["mean_std_over_folds"])
     summary = json.loads((tmp_path / "part" / "summary.json").read_text())
     assert [f["fold"] for f in summary["folds"]] == [0, 1]
     assert set(summary["mean_std_over_folds"]) == {
@@ -132,12 +149,17 @@ def test_kfold_run_resumes_to_the_same_metrics(tmp_path: Path) -> None:
         "precision",
         "sensitivity",
         "specificity",
+        "detected",
+        "clear",
     }
     best = load_checkpoint(tmp_path / "part" / "fold_0" / "best.pt")
     assert best["extra"]["threshold"] == summary["folds"][0]["threshold"]
     assert best["extra"]["size"] == 32
     per_image = (tmp_path / "part" / "per_image.csv").read_text().splitlines()
-    assert len(per_image) == 9 and per_image[0].startswith("fold,file,dice")
+    assert len(per_image) == 9 and per_image[0].startswith("fold,file,patient_id,dice")
+    assert len(list((tmp_path / "part" / "predictions").glob("*.png"))) == 8
+    assert summary["empty_convention"].startswith("empty-mask convention 'nan'")
+    assert summary["per_image"]["dice"]["n_patients"] == 4  # CI bootstrapped over patients
 
 
 def test_n_labelled_with_validation_patients_and_a_single_model(tmp_path: Path) -> None:
@@ -200,3 +222,55 @@ def test_init_from_a_checkpoint_with_a_frozen_encoder(tmp_path: Path) -> None:
     weights = [k for k in before if k.endswith("conv.weight")]
     assert all(torch.equal(before[k], after[k]) for k in weights if k.startswith("encoder."))
     assert not all(torch.equal(before[k], after[k]) for k in weights if k.startswith("head."))
+
+
+def test_missing_patient_ids_give_one_warning_with_the_count(tmp_path: Path) -> None:
+    images, masks = write_lungs(tmp_path / "data")
+    (tmp_path / "data" / "labels.csv").unlink()
+    for n, config in enumerate([quick(epochs=1), quick(epochs=1, folds=1, val_fraction=0.25)]):
+        with pytest.warns(DatasetWarning) as caught:
+            train_seg(images, masks, tmp_path / f"run{n}", config)
+        ours = [w for w in caught if "no patient id" in str(w.message)]
+        assert len(ours) == 1 and "8 of 8 image(s)" in str(ours[0].message), n
+
+
+def test_each_threshold_is_applied_to_the_probabilities_it_was_tuned_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cxrssl.tasks import segmentation as seg
+
+    images, masks = write_lungs(tmp_path / "data", n=12)
+    cache = load_cache(open_folders(images, masks), 32)
+    config = quick(epochs=2, val_fraction=0.25, tta=True, lr=3e-2)
+    train, val, test = cache.subset(range(6)), cache.subset(range(6, 9)), cache.subset(range(9, 12))
+    fitted = seg.fit_fold(train, val, config, tmp_path / "run", seed=0)
+    plain = seg._batched_probs([fitted.net], val.images, fitted.device, tta=False)
+    flipped = seg._batched_probs([fitted.net], val.images, fitted.device, tta=True)
+    assert fitted.threshold_plain == tune_threshold(plain, val.masks)[0]
+    assert fitted.threshold == tune_threshold(flipped, val.masks)[0]
+    fitted.threshold_plain, fitted.threshold = 0.3, 0.7  # tell them apart
+    used: list[tuple[float, bool]] = []
+    original = seg.original_masks
+
+    def spy(probs: torch.Tensor, c: object, threshold: float, mode: str) -> list[np.ndarray]:
+        tta = not torch.equal(probs, seg._batched_probs([fitted.net], test.images, "cpu", False))
+        used.append((threshold, tta))
+        return original(probs, c, threshold, mode)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(seg, "original_masks", spy)
+    seg.score_fold(fitted.net, test, fitted, config)
+    assert used == [(0.5, False), (0.3, False), (0.3, False), (0.7, True)]
+
+
+def test_images_without_a_finding_are_counted_not_scored_one(tmp_path: Path) -> None:
+    images, masks = write_lungs(tmp_path / "data")
+    for name in ("img1.png", "img6.png"):  # two images with nothing to find
+        cv2.imwrite(str(masks / name), np.zeros_like(cv2.imread(str(masks / name), 0)))
+    summary = train_seg(images, masks, tmp_path / "run", quick(epochs=1))
+    pooled = summary["per_image"]
+    assert (pooled["clear"]["n"], pooled["detected"]["n"]) == (2, 6)
+    assert pooled["dice"]["n"] + pooled["dice"]["n_nan"] == 8
+    rows = (tmp_path / "run" / "per_image.csv").read_text().splitlines()[1:]
+    blank = [r for r in rows if r.split(",")[1] in ("img1.png", "img6.png")]
+    for row in blank:  # Dice 0 (false positives) or undefined (nothing predicted), never 1
+        assert row.split(",")[3] in ("0.0", "nan")

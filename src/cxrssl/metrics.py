@@ -3,22 +3,29 @@
 Metrics take ``y_pred, y`` (prediction first) and apply no activation: masks are binary
 (bool or 0/1), probabilities are already probabilities.
 
-Empty-mask conventions (one rule, no NaN): a ratio whose denominator is zero is 1.0. The
-metric has nothing to count, so it reports no error of its own kind; the error shows in
-the other metrics. With TP, FP, FN, TN the pixel counts:
+Empty masks: a ratio whose denominator is zero is undefined. Two conventions
+(``EMPTY_CONVENTIONS``), named in every table that cxrssl writes:
 
-- both masks empty: Dice = IoU = sensitivity = precision = 1, HD95 = 0.
-- prediction empty, truth not: Dice = IoU = sensitivity = 0, precision = 1 (no false
-  claim was made), HD95 = the image diagonal.
-- truth empty, prediction not: Dice = IoU = precision = 0, sensitivity = 1 (nothing to
-  find), HD95 = the image diagonal.
-- truth covers the whole image: specificity = 1 (nothing to reject).
+- ``"nan"`` (the default; MONAI ``DiceMetric(ignore_empty=True)`` for empty pairs, nnU-Net):
+  an undefined value is NaN, left out of means and counted in ``Summary.n_nan``. Both masks
+  empty: Dice = IoU = sensitivity = precision = NaN. Prediction empty, truth not: Dice = IoU =
+  sensitivity = 0, precision NaN. Truth empty, prediction not: Dice = IoU = precision = 0,
+  sensitivity NaN. Truth covering the whole image: specificity NaN. HD95 needs two edges: NaN
+  when either mask is empty (MONAI's value).
+- ``"one"`` (the rule of cxrssl 0.1): an undefined ratio is 1.0 (nothing to count, no error of its
+  own kind); HD95 is 0 when both are empty and the image diagonal when exactly one is.
+
+Image-level figures, the same in both conventions (for lesions and nodules, where truth can be
+empty): ``detected`` is 1 when an image with a finding has a prediction overlapping it, else 0,
+NaN for an image without a finding; ``clear`` is 1 when an image without a finding has an empty
+prediction, else 0, NaN for an image with a finding. Their means are the shares of images
+with and without a finding that came out right; their ``n`` counts those images.
 
 HD95 is MONAI's symmetric 95th-percentile Hausdorff distance between mask edges, in units
 of ``spacing`` (pixels by default), computed with OpenCV for 2-D masks (same figures).
-MONAI returns NaN when either mask is empty; cxrssl uses 0 (both empty) or the image
-diagonal ``sqrt((H sy)^2 + (W sx)^2)``, the largest distance possible in the image, so
-aggregates stay finite.
+
+Bootstrap CIs resample patients when patient ids are given (a cluster bootstrap: follow-up
+films of one patient are not independent evidence), images otherwise.
 """
 
 from __future__ import annotations
@@ -37,7 +44,22 @@ from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
 from cxrssl.errors import CxrsslError
 
-METRIC_NAMES = ("dice", "iou", "sensitivity", "specificity", "precision", "hd95")
+METRIC_NAMES = (
+    "dice",
+    "iou",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "hd95",
+    "detected",
+    "clear",
+)
+EMPTY_CONVENTIONS = {
+    "nan": "an undefined value (0/0, e.g. Dice with both masks empty) is NaN, left out of the "
+    "mean and counted in n_nan",
+    "one": "an undefined ratio (0/0, e.g. Dice with both masks empty) counts as 1",
+}
+DEFAULT_EMPTY = "nan"
 
 
 class MetricError(CxrsslError, ValueError):
@@ -46,7 +68,8 @@ class MetricError(CxrsslError, ValueError):
 
 @dataclass(frozen=True)
 class Summary:
-    """Mean, sample std, percentile-bootstrap CI of the mean, count of finite values, NaNs."""
+    """Mean, sample std, percentile-bootstrap CI of the mean, count of finite values, NaNs,
+    and the number of patients the bootstrap resampled (0: it resampled values)."""
 
     mean: float
     std: float
@@ -54,6 +77,7 @@ class Summary:
     ci_high: float
     n: int
     n_nan: int = 0
+    n_patients: int = 0
 
     def as_dict(self) -> dict[str, float | int]:
         """Plain dict for JSON/CSV."""
@@ -76,8 +100,27 @@ class AucSummary:
         return asdict(self)
 
 
-def _ratio(num: float, den: float) -> float:
-    return num / den if den > 0 else 1.0
+def check_empty(empty: str) -> float:
+    """The value of an undefined ratio under convention ``empty`` (NaN or 1).
+
+    Raises:
+        MetricError: an unknown convention.
+    """
+    if empty not in EMPTY_CONVENTIONS:
+        raise MetricError(
+            f"unknown empty-mask convention {empty!r}; choose one of {sorted(EMPTY_CONVENTIONS)}"
+        )
+    return math.nan if empty == "nan" else 1.0
+
+
+def convention_note(empty: str = DEFAULT_EMPTY) -> str:
+    """One line naming the empty-mask convention, for tables and reports."""
+    check_empty(empty)
+    return f"empty-mask convention {empty!r}: {EMPTY_CONVENTIONS[empty]}"
+
+
+def _ratio(num: float, den: float, undefined: float) -> float:
+    return num / den if den > 0 else undefined
 
 
 def _check_binary(name: str, a: np.ndarray) -> None:
@@ -116,7 +159,10 @@ def _hausdorff95_monai(p: np.ndarray, t: np.ndarray, spacing: Any) -> float:
 
 
 def hausdorff95(
-    y_pred: np.ndarray, y: np.ndarray, spacing: float | Sequence[float] | None = None
+    y_pred: np.ndarray,
+    y: np.ndarray,
+    spacing: float | Sequence[float] | None = None,
+    empty: str = DEFAULT_EMPTY,
 ) -> float:
     """Symmetric 95th-percentile Hausdorff distance of two binary masks, as MONAI defines it.
 
@@ -130,13 +176,18 @@ def hausdorff95(
         y_pred: predicted mask, (H, W) (any number of dims), bool or 0/1.
         y: reference mask, same shape.
         spacing: pixel size, one number or one per axis; None means 1.
+        empty: convention for empty masks (module doc).
 
     Returns:
-        The distance; 0 when both are empty, the image diagonal when exactly one is.
+        The distance; with a mask empty, NaN (``"nan"``), or 0 when both are empty and the
+        image diagonal when exactly one is (``"one"``).
     """
+    undefined = check_empty(empty)
     p, t = np.ascontiguousarray(y_pred, dtype=bool), np.ascontiguousarray(y, dtype=bool)
     p_any, t_any = bool(p.any()), bool(t.any())
     sp = np.broadcast_to(np.asarray(1.0 if spacing is None else spacing, float), (p.ndim,))
+    if not (p_any and t_any) and math.isnan(undefined):
+        return math.nan
     if not p_any and not t_any:
         return 0.0
     if p_any != t_any:
@@ -154,6 +205,7 @@ def binary_metrics(
     y: np.ndarray,
     spacing: float | Sequence[float] | None = None,
     hd95: bool = True,
+    empty: str = DEFAULT_EMPTY,
 ) -> dict[str, float]:
     """All segmentation metrics of one image; conventions for empty masks in the module doc.
 
@@ -162,13 +214,16 @@ def binary_metrics(
         y: reference mask, same shape.
         spacing: pixel size for HD95, one number or (sy, sx); None means pixels.
         hd95: False skips the boundary distance (the slow part), leaving it out of the dict.
+        empty: ``"nan"`` or ``"one"``, the value of an undefined metric (module doc).
 
     Returns:
-        ``{"dice", "iou", "sensitivity", "specificity", "precision"[, "hd95"]}`` as floats.
+        ``{"dice", "iou", "sensitivity", "specificity", "precision"[, "hd95"], "detected",
+        "clear"}`` as floats.
 
     Raises:
-        MetricError: shapes differ or a mask is not binary.
+        MetricError: shapes differ, a mask is not binary, or an unknown convention.
     """
+    undefined = check_empty(empty)
     p, t = np.asarray(y_pred), np.asarray(y)
     if p.shape != t.shape:
         raise MetricError(f"y_pred shape {p.shape} differs from y shape {t.shape}")
@@ -180,44 +235,50 @@ def binary_metrics(
     fp, fn = n_pred - tp, n_true - tp
     tn = p.size - tp - fp - fn
     out = {
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
-        "iou": _ratio(tp, tp + fp + fn),
-        "sensitivity": _ratio(tp, tp + fn),
-        "specificity": _ratio(tn, tn + fp),
-        "precision": _ratio(tp, tp + fp),
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn, undefined),
+        "iou": _ratio(tp, tp + fp + fn, undefined),
+        "sensitivity": _ratio(tp, tp + fn, undefined),
+        "specificity": _ratio(tn, tn + fp, undefined),
+        "precision": _ratio(tp, tp + fp, undefined),
     }
     if hd95:
-        out["hd95"] = hausdorff95(p, t, spacing)
+        out["hd95"] = hausdorff95(p, t, spacing, empty)
+    out["detected"] = float(tp > 0) if n_true else math.nan
+    out["clear"] = float(n_pred == 0) if not n_true else math.nan
     return out
 
 
-def batch_metrics(y_pred: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+def batch_metrics(
+    y_pred: torch.Tensor, y: torch.Tensor, empty: str = DEFAULT_EMPTY
+) -> dict[str, torch.Tensor]:
     """Per-sample Dice, IoU, sensitivity, specificity, precision on tensors (no HD95, no sync).
 
-    Same conventions as :func:`binary_metrics`. Values are not checked (that would sync the
-    device): pass thresholded masks.
+    Same conventions as :func:`binary_metrics` (average with ``nanmean`` under ``"nan"``).
+    Values are not checked (that would sync the device): pass thresholded masks.
 
     Args:
         y_pred: binary prediction, (B, 1, H, W) (any trailing dims), bool or 0/1.
         y: binary reference, same shape.
+        empty: ``"nan"`` or ``"one"`` (module doc).
 
     Returns:
         Metric name -> float tensor (B,) on the input's device.
 
     Raises:
-        MetricError: shapes differ.
+        MetricError: shapes differ or an unknown convention.
     """
+    undefined = check_empty(empty)
     if y_pred.shape != y.shape:
         raise MetricError(f"y_pred shape {tuple(y_pred.shape)} differs from y {tuple(y.shape)}")
-    p = y_pred.reshape(y_pred.shape[0], -1).bool()
-    t = y.reshape(y.shape[0], -1).bool()
+    p = y_pred.flatten(1).bool()
+    t = y.flatten(1).bool()
     tp = (p & t).sum(1).float()
     fp = p.sum(1).float() - tp
     fn = t.sum(1).float() - tp
     tn = p.shape[1] - tp - fp - fn
 
     def ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-        return torch.where(den > 0, num / den.clamp_min(1), torch.ones_like(num))
+        return torch.where(den > 0, num / den.clamp_min(1), torch.full_like(num, undefined))
 
     return {
         "dice": ratio(2 * tp, 2 * tp + fp + fn),
@@ -236,35 +297,80 @@ def _check_ci(n_boot: int, ci: float) -> None:
 
 
 def aggregate(
-    values: Sequence[float] | np.ndarray, n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+    values: Sequence[float] | np.ndarray,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+    groups: Sequence[object] | np.ndarray | None = None,
 ) -> Summary:
     """Mean, sample std (ddof=1; 0 for one value) and percentile-bootstrap CI of the mean.
 
     NaN values are left out and counted in ``n_nan``. With no finite value every field is NaN.
+    With ``groups`` (the patient of each value) the bootstrap resamples patients, each with
+    all its values (a cluster bootstrap): the mean of a resample is the mean of the values of
+    the patients drawn. Otherwise it resamples values.
 
     Args:
         values: one number per image (or per unit).
         n_boot: bootstrap resamples.
         ci: coverage of the interval, e.g. 0.95.
         seed: seed of the resampling.
+        groups: optional cluster (patient id) of each value; ``None`` entries are clusters of
+            their own.
+
+    Raises:
+        MetricError: a bad ``n_boot`` or ``ci``, or ``groups`` of another length.
     """
     _check_ci(n_boot, ci)
     v = np.asarray(values, dtype=np.float64).ravel()
     nan = np.isnan(v)
-    v = v[~nan]
-    n, n_nan = int(v.size), int(nan.sum())
+    n, n_nan = int((~nan).sum()), int(nan.sum())
     if n == 0:
         return Summary(math.nan, math.nan, math.nan, math.nan, 0, n_nan)
+    cluster = _cluster_codes(groups, v.size)
+    cluster, v = (None if cluster is None else cluster[~nan]), v[~nan]
     mean = float(v.mean())
+    n_patients = 0 if cluster is None else int(np.unique(cluster).size)
     if n == 1:
-        return Summary(mean, 0.0, mean, mean, 1, n_nan)
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    low, high = np.quantile(v[idx].mean(axis=1), [(1 - ci) / 2, (1 + ci) / 2])
-    return Summary(mean, float(v.std(ddof=1)), float(low), float(high), n, n_nan)
+        return Summary(mean, 0.0, mean, mean, 1, n_nan, n_patients)
+    rng = np.random.default_rng(seed)
+    if cluster is None:
+        boot = v[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    else:
+        _, cluster = np.unique(cluster, return_inverse=True)
+        sums, counts = np.bincount(cluster, weights=v), np.bincount(cluster).astype(np.float64)
+        pick = rng.integers(0, sums.size, size=(n_boot, sums.size))
+        boot = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
+    low, high = np.quantile(boot, [(1 - ci) / 2, (1 + ci) / 2])
+    return Summary(mean, float(v.std(ddof=1)), float(low), float(high), n, n_nan, n_patients)
+
+
+def nanmean(values: Sequence[float] | np.ndarray) -> float:
+    """Mean of the values that are not NaN; NaN (without a warning) when there is none."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if v.size else math.nan
+
+
+def _cluster_codes(groups: Sequence[object] | np.ndarray | None, n: int) -> np.ndarray | None:
+    """Integer cluster per value (unknown ids: one cluster each), or None without groups."""
+    if groups is None:
+        return None
+    ids = [None if g is None or g == "" else str(g) for g in groups]
+    if len(ids) != n:
+        raise MetricError(f"{len(ids)} group ids for {n} values")
+    known = sorted({g for g in ids if g is not None})
+    code = {g: i for i, g in enumerate(known)}
+    extra = iter(range(len(known), len(known) + n))
+    return np.array([code[g] if g is not None else next(extra) for g in ids], np.int64)
 
 
 def summarise(
-    rows: Sequence[Mapping[str, float]], n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+    rows: Sequence[Mapping[str, float]],
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+    groups: Sequence[object] | np.ndarray | None = None,
 ) -> dict[str, Summary]:
     """:func:`aggregate` for every metric of per-image rows (a missing key counts as NaN).
 
@@ -273,13 +379,16 @@ def summarise(
         n_boot: bootstrap resamples.
         ci: coverage of the interval.
         seed: seed of the resampling (the same for every metric).
+        groups: patient id of each row, for a bootstrap over patients (see :func:`aggregate`).
 
     Returns:
         Metric name (in order of first appearance) -> Summary.
     """
     names = list(dict.fromkeys(k for r in rows for k in r))
     return {
-        k: aggregate([r.get(k, math.nan) for r in rows], n_boot=n_boot, ci=ci, seed=seed)
+        k: aggregate(
+            [r.get(k, math.nan) for r in rows], n_boot=n_boot, ci=ci, seed=seed, groups=groups
+        )
         for k in names
     }
 

@@ -1,10 +1,17 @@
 """The batch engine behind ``cxrssl masks``: a folder of radiographs in, one output each.
 
-Per image: read the bytes, hash them (SHA-1 of the bytes + kind + method + ``VERSION``), copy
-the result from the cache when the same content was seen before, else decode, compute and
-store it. Work is spread over a process pool; each worker writes its own files, so only small
-records travel back. A file that cannot be read becomes a row of ``OUT_DIR/failures.csv``
-(file name and reason) and the run goes on.
+Per image: read the bytes, hash them with the run's key (SHA-1 of the bytes + ``cache_key``),
+copy the result from the cache when the same key was seen before, else decode, compute and
+store it. The run's key, computed once in the parent, covers everything but the image an
+output depends on: kind, method, ``ENTRY_FORMAT``, the source text of every cxrssl module
+the computation runs (``CODE_ROOTS`` and what they import), the UPPER_CASE constants of those
+modules as they are at run time (the methods' parameters) and the OpenCV, NumPy and pydicom
+versions. So no edit, patched parameter or upgrade can be served a stale output.
+
+Work is spread over a process pool; each worker writes its own files, so only small records
+travel back. Every file (outputs, tables, cache entries) is written to a temporary sibling and
+renamed into place, so a killed run leaves no torn file. A file that cannot be read becomes a
+row of ``OUT_DIR/failures.csv`` (file name and reason) and the run goes on.
 
 Outputs in ``OUT_DIR`` (one per image, same stem, same size as the image):
 
@@ -29,6 +36,7 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
+import pydicom
 
 from cxrssl.anatomy._image import AnatomyError
 from cxrssl.anatomy.crop import lung_box
@@ -37,12 +45,14 @@ from cxrssl.anatomy.overlay import draw_overlay
 from cxrssl.anatomy.pathology import pathology_map
 from cxrssl.anatomy.regions import regions
 from cxrssl.errors import CxrsslError
-from cxrssl.files import write_bytes_atomic
+from cxrssl.files import atomic_open, write_bytes_atomic
 from cxrssl.io import is_image_file, read_gray8
 from cxrssl.parallel import pool_context
+from cxrssl.provenance import constants, modules_of, source_hash
 
 KINDS = ("lungs", "regions", "pathology", "crop")
-VERSION = "1"  # part of the cache key: bump whenever an output or the entry format changes
+ENTRY_FORMAT = "2"  # layout of a cache entry (``_store``/``_lookup``): bump when it changes
+CODE_ROOTS = ("cxrssl.anatomy", "cxrssl.io")  # what computes an output (with their imports)
 QUALITY_FLAG = 0.2  # masks below this quality are counted as flagged
 CACHE_ENV = "CXRSSL_CACHE_DIR"
 
@@ -82,6 +92,7 @@ class _Settings(NamedTuple):
     method: str
     overlays_dir: Path | None
     cache_dir: Path | None
+    key: str  # the run's cache key (``cache_key``); empty without a cache
     stem: str  # of the image being processed (set per image)
 
 
@@ -102,6 +113,26 @@ def default_cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "cxrssl" / "anatomy"
+
+
+def cache_key(kind: str, method: str) -> str:
+    """The part of every cache key that is the same for all images of a run.
+
+    SHA-1 of the kind, the method, ``ENTRY_FORMAT``, the source hash of ``CODE_ROOTS`` and
+    every cxrssl module they import, those modules' UPPER_CASE constants read now (so a
+    changed or patched parameter misses) and the decoding/array library versions.
+    """
+    modules = modules_of(CODE_ROOTS)
+    parts = {
+        "kind": kind,
+        "method": method,
+        "format": ENTRY_FORMAT,
+        "code": source_hash(modules),
+        "constants": constants(modules),
+        "libraries": [cv2.__version__, np.__version__, pydicom.__version__],
+    }
+    blob = json.dumps(parts, sort_keys=True).encode()
+    return hashlib.sha1(blob, usedforsecurity=False).hexdigest()
 
 
 def _encode_png(array: np.ndarray) -> bytes:
@@ -153,9 +184,9 @@ def _lookup(entry: Path | None) -> tuple[bytes, float, list[int] | None] | None:
 
 
 def _store(entry: Path, png: bytes, quality: float, box: list[int] | None) -> None:
-    """Write a cache entry (a torn write is caught by the size check in ``_lookup``)."""
+    """Write a cache entry atomically (``_lookup``'s size check still guards old entries)."""
     meta = json.dumps({"quality": quality, "box": box, "size": len(png)}).encode()
-    entry.write_bytes(len(meta).to_bytes(4, "big") + meta + png)
+    write_bytes_atomic(entry, len(meta).to_bytes(4, "big") + meta + png)
 
 
 def _process(path_text: str) -> _Result:
@@ -169,7 +200,7 @@ def _process(path_text: str) -> _Result:
     except OSError as err:
         return _Result(path.name, "failed", f"cannot read the file ({err.strerror})", 0.0, None)
     key = hashlib.sha1(data, usedforsecurity=False)
-    key.update(f"|{s.kind}|{s.method}|{VERSION}".encode())
+    key.update(f"|{s.key}".encode())
     digest = key.hexdigest()
     entry = s.cache_dir / digest[:2] / f"{digest}.bin" if s.cache_dir else None
     found = _lookup(entry) if s.overlays_dir is None else None
@@ -182,8 +213,8 @@ def _process(path_text: str) -> _Result:
             png, quality, box = _compute(read_gray8(path, data), s)
             if entry is not None:
                 _store(entry, png, quality, box)
-        if png:  # a derived file, rewritten by every run: no need for a rename
-            (s.out_dir / f"{path.stem}.png").write_bytes(png)
+        if png:
+            write_bytes_atomic(s.out_dir / f"{path.stem}.png", png)
     except CxrsslError as err:
         return _Result(path.name, "failed", getattr(err, "problem", str(err)), 0.0, None)
     except (OSError, cv2.error, MemoryError) as err:
@@ -226,17 +257,17 @@ def _write_tables(out_dir: Path, kind: str, results: list[_Result]) -> Path:
     done = sorted((r for r in results if r.status != "failed"), key=lambda r: r.name)
     failed = sorted((r for r in results if r.status == "failed"), key=lambda r: r.name)
     failures_csv = out_dir / "failures.csv"
-    with failures_csv.open("w", newline="") as f:
+    with atomic_open(failures_csv, "w") as f:
         writer = csv.writer(f)
         writer.writerow(["filename", "reason"])
         writer.writerows((r.name, r.reason) for r in failed)
     if kind == "crop":
-        with (out_dir / "boxes.csv").open("w", newline="") as f:
+        with atomic_open(out_dir / "boxes.csv", "w") as f:
             writer = csv.writer(f)
             writer.writerow(["filename", "x0", "y0", "x1", "y1", "quality"])
             writer.writerows((r.name, *(r.box or ()), r.quality) for r in done)
     else:
-        with (out_dir / "quality.csv").open("w", newline="") as f:
+        with atomic_open(out_dir / "quality.csv", "w") as f:
             writer = csv.writer(f)
             writer.writerow(["filename", "quality"])
             writer.writerows((r.name, r.quality) for r in done)
@@ -291,7 +322,8 @@ def run_masks(
     if cache is not None:
         for i in range(256):
             (cache / f"{i:02x}").mkdir(parents=True, exist_ok=True)
-    settings = _Settings(out_dir, kind, method, overlays, cache, "")
+    key = cache_key(kind, method) if cache is not None else ""
+    settings = _Settings(out_dir, kind, method, overlays, cache, key, "")
     paths = [str(p) for p in jobs]
     if workers <= 1 or len(paths) <= 1:
         previous = cv2.getNumThreads()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrssl.evaluation import evaluate_mask_folders, write_json, write_rows_csv
+from cxrssl.metrics import DEFAULT_EMPTY, EMPTY_CONVENTIONS, convention_note
 
 _LIST_LIMIT = 10
 
@@ -23,6 +24,21 @@ def register(sub: Any) -> None:
     p.add_argument("--json", type=Path, default=None, help="write summary and rows as JSON")
     p.add_argument("--csv", type=Path, default=None, help="write one row per image as CSV")
     p.add_argument("--workers", type=int, default=1, help="processes for the metrics")
+    p.add_argument(
+        "--empty",
+        choices=sorted(EMPTY_CONVENTIONS),
+        default=DEFAULT_EMPTY,
+        help="empty-mask convention: 'nan' leaves an image whose metric is undefined (0/0, "
+        "e.g. both masks empty) out of the mean and counts it; 'one' scores it 1",
+    )
+    p.add_argument(
+        "--patients",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="CSV with file and patient id columns (labels.csv, split.csv): 95%% CIs are "
+        "then bootstrapped over patients, not images",
+    )
     p.set_defaults(func=run)
 
 
@@ -35,11 +51,20 @@ def _list(label: str, names: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table and the unpaired files; exit 1 when any file was unpaired."""
-    ev = evaluate_mask_folders(args.pred_dir, args.true_dir, workers=args.workers)
-    print(f"{'metric':<12} {'mean ± std':>17} {'95% CI':>17} {'n':>5}")
+    ev = evaluate_mask_folders(
+        args.pred_dir, args.true_dir, args.workers, args.empty, args.patients
+    )
+    print(f"{'metric':<12} {'mean ± std':>17} {'95% CI':>17} {'n':>5} {'n_nan':>5}")
     for name, s in ev.summary.items():
         ci = f"[{s.ci_low:.3f}, {s.ci_high:.3f}]"
-        print(f"{name:<12} {s.mean:>8.3f} ± {s.std:<6.3f} {ci:>17} {s.n:>5}")
+        print(f"{name:<12} {s.mean:>8.3f} ± {s.std:<6.3f} {ci:>17} {s.n:>5} {s.n_nan:>5}")
+    print(convention_note(args.empty))
+    patients = next(iter(ev.summary.values())).n_patients if ev.summary else 0
+    unit = f"{patients} patients" if patients else "images (no --patients)"
+    print(
+        f"95% CI: percentile bootstrap over {unit}; detected/clear: share of images with/"
+        "without a finding that came out right (n counts them)"
+    )
     _list("missing predictions", ev.missing)
     _list("predictions without a reference", ev.extra)
     for stem, reason in ev.failed.items():

@@ -12,7 +12,9 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from cxrssl import __version__
 from cxrssl.errors import CxrsslError
@@ -45,6 +47,18 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(
+    message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any
+) -> str:
+    """cxrssl's own warnings on one line (a data problem, not a code location)."""
+    if category.__module__.startswith("cxrssl"):
+        return f"cxrssl: warning: {message}\n"
+    return _default_format(message, category, *args, **kwargs)
+
+
+_default_format = warnings.formatwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cxrssl``; returns the exit code (also used as the console-script entry)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -52,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv  # the command line, for reports that say how to reproduce them
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    warnings.formatwarning = _format_warning
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cxrssl.metrics import EMPTY_CONVENTIONS
 from cxrssl.nets import NETS
 from cxrssl.tasks.seg_task import POSTPROCESS
 from cxrssl.tasks.segmentation import SegConfig, predict, train_seg
@@ -66,6 +67,13 @@ def register(sub: Any) -> None:
         default=None,
         help="tune the threshold for this sensitivity",
     )
+    p.add_argument(
+        "--empty",
+        choices=sorted(EMPTY_CONVENTIONS),
+        default=_DEFAULT.empty,
+        help="empty-mask convention of the reported metrics: 'nan' leaves an image whose "
+        "metric is undefined (0/0, e.g. no lesion and none predicted) out and counts it",
+    )
     p.add_argument("--patience", type=int, default=0, help="early-stopping patience (0: off)")
     p.add_argument("--seed", type=int, default=_DEFAULT.seed, help="seed of splits and training")
     p.add_argument("--device", default=_DEFAULT.device, help="auto, cpu, cuda")
@@ -111,14 +119,22 @@ def run_train_seg(args: argparse.Namespace) -> int:
         postprocess=args.postprocess,
         tta=args.tta,
         target_sensitivity=args.target_sensitivity,
+        empty=args.empty,
         patience=args.patience,
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
     )
     summary = train_seg(args.images, args.masks, args.out, config, resume=args.resume)
-    for name, s in summary.get("mean_std_over_folds", {}).items():
-        print(f"{name:<12} {s['mean']:.4f} ± {s['std']:.4f}")
+    over_folds = summary.get("mean_std_over_folds", {})
+    if over_folds:
+        print(f"{'metric':<12} {'mean ± std over folds':>22}  {'per image [95% CI by patient]'}")
+    for name, s in over_folds.items():
+        pooled = summary["per_image"][name]
+        ci = f"{pooled['mean']:.4f} [{pooled['ci_low']:.4f}, {pooled['ci_high']:.4f}]"
+        print(f"{name:<12} {s['mean']:>13.4f} ± {s['std']:.4f}  {ci} n {pooled['n']}")
+    if over_folds:
+        print(summary["empty_convention"])
     print(f"run folder: {args.out}")
     return 0
 

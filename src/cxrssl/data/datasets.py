@@ -400,6 +400,24 @@ def _read_table(
     return rows, list(label_columns)
 
 
+def read_patient_ids(path: str | Path, images: Mapping[str, Path]) -> dict[str, str | None]:
+    """Patient id of each image stem from a labels or split CSV (a file and a patient column).
+
+    Args:
+        path: the CSV.
+        images: stem -> file of the images to look up (others are warned about).
+
+    Raises:
+        DatasetError: unreadable table, or no file or patient column.
+    """
+    path = Path(path)
+    rows, _ = _read_table(path, images, None, None, [])
+    header, _ = read_table(path, "labels table")
+    if _pick(header, None, PATIENT_COLUMNS) is None:
+        raise DatasetError(f"{path}: no patient column; expected one of {list(PATIENT_COLUMNS)}")
+    return {stem: rows[stem][0] if stem in rows else None for stem in images}
+
+
 def _is_binary(values: Iterable[str | None]) -> bool:
     seen = False
     for v in values:

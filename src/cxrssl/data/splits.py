@@ -2,7 +2,9 @@
 
 Patients, not images, are split: scikit-learn's splitters run on the unique patient ids and
 every image follows its patient, so no patient is on two sides. Images without a patient
-id each count as their own patient (one :class:`DatasetWarning` says how many).
+id each count as their own patient: :func:`resolve_patient_ids` is the one place that decides
+so, and one :class:`DatasetWarning` says how many. Callers that split more than once resolve
+the ids first and pass the resolved ones on, so the warning is given once.
 
 Stratification uses one key per patient. A row's key is its label (1-D labels) or its
 rarest positive finding (multi-label, "none" when no finding is positive); a patient takes
@@ -35,8 +37,11 @@ __all__ = [
     "kfold",
     "make_split",
     "read_split_csv",
+    "resolve_patient_ids",
     "write_split_csv",
 ]
+
+UNKNOWN_PREFIX = "(no patient id) "
 
 PatientIds = Sequence[str | None]
 
@@ -245,22 +250,43 @@ def read_split_csv(path: str | Path) -> SplitTable:
     return SplitTable(files, pids, side, column)
 
 
+def resolve_patient_ids(
+    patient_ids: PatientIds, names: Sequence[str] | None = None, stacklevel: int = 2
+) -> list[str]:
+    """Patient ids with every unknown one (``None`` or ``""``) made a patient of its own.
+
+    The one rule for missing ids: each such image is its own patient, named
+    ``"(no patient id) <image name>"`` (or ``<row index>``), and one :class:`DatasetWarning`
+    gives their count. Ids already resolved pass through silently.
+
+    Args:
+        patient_ids: one id per image.
+        names: image names for the placeholders (row indices without them).
+        stacklevel: of the warning, counted from the caller.
+
+    Returns:
+        One non-empty id per image.
+    """
+    unknown = [i for i, p in enumerate(patient_ids) if not p]
+    if not unknown:
+        return [str(p) for p in patient_ids]
+    warnings.warn(
+        f"{len(unknown)} of {len(patient_ids)} image(s) have no patient id; "
+        "each is split and counted as its own patient",
+        DatasetWarning,
+        stacklevel=stacklevel + 1,
+    )
+    out = [str(p) if p else "" for p in patient_ids]
+    for i in unknown:
+        out[i] = f"{UNKNOWN_PREFIX}{names[i] if names is not None else i}"
+    return out
+
+
 def _group_codes(patient_ids: PatientIds) -> np.ndarray:
-    """Integer group per image; images without an id get groups of their own (one warning)."""
-    ids = np.array([str(p) if p else "" for p in patient_ids], dtype=str)
-    unknown = ids == ""
-    if unknown.any():
-        warnings.warn(
-            f"{int(unknown.sum())} of {len(ids)} image(s) have no patient id; "
-            "each is split as its own patient",
-            DatasetWarning,
-            stacklevel=3,
-        )
-    _, codes = np.unique(ids[~unknown], return_inverse=True)
-    groups = np.empty(len(ids), np.int64)
-    groups[~unknown] = codes
-    groups[unknown] = (codes.max() + 1 if codes.size else 0) + np.arange(int(unknown.sum()))
-    return groups
+    """Integer group per image, by :func:`resolve_patient_ids`."""
+    ids = resolve_patient_ids(patient_ids, stacklevel=3)
+    _, codes = np.unique(np.asarray(ids, dtype=object).astype(str), return_inverse=True)
+    return codes.astype(np.int64).ravel()
 
 
 def _group_keys(groups: np.ndarray, n_groups: int, labels: np.ndarray | None) -> np.ndarray:

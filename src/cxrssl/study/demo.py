@@ -23,8 +23,9 @@ import torch
 
 import cxrssl
 from cxrssl.data import FolderDataset, make_split, sample, write_split_csv
+from cxrssl.data.splits import resolve_patient_ids
 from cxrssl.io import read_mask
-from cxrssl.metrics import binary_metrics, summarise
+from cxrssl.metrics import binary_metrics, convention_note, nanmean, summarise
 from cxrssl.study.config import StudyConfig
 from cxrssl.study.report import write_report
 from cxrssl.study.runner import Unit, run_units
@@ -51,8 +52,10 @@ def environment(device: str) -> dict[str, str]:
     }
 
 
-def _data_summary(ds: FolderDataset, side: np.ndarray, name: str) -> dict[str, Any]:
-    ids = np.asarray([p or f"row{i}" for i, p in enumerate(ds.patient_ids())], dtype=object)
+def _data_summary(
+    ds: FolderDataset, patient_ids: list[str], side: np.ndarray, name: str
+) -> dict[str, Any]:
+    ids = np.asarray(patient_ids, dtype=object)
     split = {
         s: {"images": int((side == s).sum()), "patients": len(set(ids[side == s]))}
         for s in ("train", "val", "test")
@@ -93,7 +96,8 @@ def _rules(
         "methods": {m: {k: v.as_dict() for k, v in s.items()} for m, s in summaries.items()},
         "per_image": {m: [r["dice"] for r in rs] for m, rs in rows.items()},
         "worst": {m: float(min(r["dice"] for r in rs)) for m, rs in rows.items()},
-        "note": "Dice per image against the expert lung masks, every image (no training).",
+        "note": "Dice per image against the expert lung masks, every image (no training); "
+        + convention_note(),
     }
     return rules, skipped, []
 
@@ -131,7 +135,7 @@ def _efficiency(results: dict[str, dict[str, Any]], units: list[Unit]) -> dict[s
     points = []
     for k in dict.fromkeys(u.n_labelled for u in units):
         mine = [results[u.key] for u in units if u.n_labelled == k]
-        per_seed = [float(np.mean([r["dice"] for r in res["rows"]])) for res in mine]
+        per_seed = [nanmean([r["dice"] for r in res["rows"]]) for res in mine]
         points.append(
             {
                 "k": "all" if k is None else k,
@@ -144,7 +148,8 @@ def _efficiency(results: dict[str, dict[str, Any]], units: list[Unit]) -> dict[s
         )
     note = (
         "Mean Dice over the held-out test patients' images, at each image's original size; "
-        "mean ± std over seeds (each seed draws its own labelled images and initialisation)."
+        "mean ± std over seeds (each seed draws its own labelled images and initialisation); "
+        + convention_note()
     )
     return {"metric": "dice", "methods": {SUPERVISED: points}, "note": note}
 
@@ -191,16 +196,16 @@ def run_demo(
     ds = sample() if data is None else FolderDataset.from_folder(data)
     name = "built-in CC BY sample" if data is None else str(data)
     has_masks = MASK in ds.mask_names
-    ids = ds.patient_ids()
+    ids = resolve_patient_ids(ds.patient_ids(), ds.files())
     side = make_split(ids, val=config.val, test=config.test, seed=config.split_seed)
-    write_split_csv(out / "split.csv", ds.files(), ids, side)
+    write_split_csv(out / "split.csv", ds.files(), ds.patient_ids(), side)
     device = str(resolve_device(config.device))
     study: dict[str, Any] = {
         "title": f"cxrssl demo: {name}",
         "command": command,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "environment": environment(device),
-        "data": _data_summary(ds, side, name),
+        "data": _data_summary(ds, ids, side, name),
         "config": config.__dict__,
         "skipped": [],
     }
@@ -227,13 +232,21 @@ def run_demo(
         with_mask = [i for i, r in enumerate(ds.records) if MASK in r.masks]
         masked, side = ds.subset(with_mask), side[with_mask]
         cache = load_cache(masked, config.size, mask=MASK)
+        cache.patient_ids = [ids[i] for i in with_mask]
         units = [Unit(SUPERVISED, k, s) for k in config.k_values for s in config.seeds]
         gallery_unit = next((u for u in units if u.n_labelled is None), units[-1])
 
         def compute(unit: Unit) -> dict[str, Any]:
             return segmentation_unit(cache, side, unit, config, out, unit == gallery_unit)
 
-        results = run_units(units, compute, out, {**config.training_settings(), "data": name})
+        results = run_units(
+            units,
+            compute,
+            out,
+            {**config.training_settings(), "split": side.tolist(), "patients": cache.patient_ids},
+            data=[p for r in masked.records for p in (r.image, r.masks[MASK])],
+            device=device,
+        )
         timings["supervised units"] = time.perf_counter() - t
         study["efficiency"] = _efficiency(results, units)
         study["curves"] = {u.key: results[u.key]["curves"] for u in units}

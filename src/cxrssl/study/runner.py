@@ -2,8 +2,12 @@
 
 A unit is one (method, number of labelled images, seed) training-and-evaluation job. Its
 result is a JSON file under ``<out>/units/``, written atomically and stamped with the
-fingerprint of the settings it depends on, so a re-run after a crash, or with more seeds,
-computes only what is missing or what a changed setting made stale.
+fingerprint of what it depends on: the settings, the data's content (``file_manifest``: name,
+size and SHA-1 of every file), the code (``cxrssl.__version__`` and the source hash of every
+cxrssl module a unit runs, ``UNIT_CODE`` and what it imports: editing the report does not
+recompute units), the torch version and the device. A re-run after a crash, or with more seeds,
+computes only what is missing or what a change made stale; a file with an older stamp, or
+none, is simply recomputed.
 """
 
 from __future__ import annotations
@@ -16,9 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+import cxrssl
 from cxrssl.files import atomic_open
+from cxrssl.provenance import file_manifest, modules_of, source_hash
 
 log = logging.getLogger(__name__)
+UNIT_CODE = ("cxrssl.study.units",)  # the modules that compute a unit (and their imports)
 
 
 @dataclass(frozen=True)
@@ -47,15 +56,31 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         json.dump(payload, fh, indent=1, default=float)
 
 
+def provenance(data: Iterable[str | Path], device: str) -> dict[str, str]:
+    """What every unit depends on besides its settings (hashes the data files, once).
+
+    Args:
+        data: every file the units read (images and masks), in the order they are used.
+        device: the resolved device, e.g. ``"cpu"`` or ``"cuda:0"``.
+    """
+    return {
+        "data": file_manifest(data),
+        "cxrssl": cxrssl.__version__,
+        "code": source_hash(modules_of(UNIT_CODE)),
+        "torch": torch.__version__,
+        "device": device,
+    }
+
+
 def _cached(path: Path, stamp: str) -> dict[str, Any] | None:
     try:
         payload = json.loads(path.read_text())
     except (OSError, ValueError):
         return None  # absent, or a partial file from a crash: recompute
-    if payload.get("fingerprint") != stamp:
+    if not isinstance(payload, dict) or payload.get("fingerprint") != stamp:
         return None
-    result: dict[str, Any] = payload["result"]
-    return result
+    result = payload.get("result")
+    return result if isinstance(result, dict) else None
 
 
 def run_units(
@@ -63,6 +88,9 @@ def run_units(
     compute: Callable[[Unit], dict[str, Any]],
     folder: Path,
     settings: Mapping[str, Any],
+    *,
+    data: Iterable[str | Path],
+    device: str,
 ) -> dict[str, dict[str, Any]]:
     """Compute each unit not already finished under ``folder/units``; return all results.
 
@@ -70,9 +98,16 @@ def run_units(
         units: the grid to run, in order.
         compute: trains and evaluates one unit, returning a JSON-serialisable dict.
         folder: the study's output folder.
-        settings: everything a unit's result depends on besides the unit itself.
+        settings: the configuration a unit's result depends on besides the unit itself.
+        data: every file the units read (images and masks); their content, not their
+            names or folder, goes into the stamp.
+        device: the resolved device the units run on.
+
+    Raises:
+        OSError: a data file cannot be read.
     """
-    stamp = fingerprint(settings)
+    origin = provenance(data, device)
+    stamp = fingerprint({"settings": dict(settings), **origin})
     results: dict[str, dict[str, Any]] = {}
     units = list(units)
     for i, unit in enumerate(units, 1):
@@ -84,6 +119,7 @@ def run_units(
             continue
         log.info("[%d/%d] %s: running", i, len(units), unit.key)
         result = compute(unit)
-        write_json_atomic(path, {"fingerprint": stamp, "unit": vars(unit), "result": result})
+        payload = {"fingerprint": stamp, "provenance": origin, "unit": vars(unit)}
+        write_json_atomic(path, {**payload, "result": result})
         results[unit.key] = result
     return results

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from cxrssl.data.datasets import FolderDataset
+from cxrssl.data.splits import resolve_patient_ids
 from cxrssl.errors import DatasetError
 from cxrssl.geometry import Letterbox, letterbox, letterbox_mask
 from cxrssl.io import read_image, read_mask
@@ -121,7 +122,7 @@ def draw_labelled(patient_ids: Sequence[str | None], k: int, seed: int) -> np.nd
 
     Patients are shuffled with ``seed``; rows are then taken round-robin, one image per
     patient before any patient's second, so a label budget covers the most patients.
-    Unknown ids count as their own patient.
+    Unknown ids count as their own patient (``cxrssl.data.splits.resolve_patient_ids``).
 
     Returns:
         Sorted row indices, shape (min(k, N),).
@@ -133,8 +134,8 @@ def draw_labelled(patient_ids: Sequence[str | None], k: int, seed: int) -> np.nd
         raise DatasetError(f"--n-labelled must be at least 1, got {k}")
     rng = np.random.default_rng(seed)
     groups: dict[str, list[int]] = {}
-    for i, pid in enumerate(patient_ids):
-        groups.setdefault(pid if pid else f"\0row{i}", []).append(i)
+    for i, pid in enumerate(resolve_patient_ids(patient_ids)):
+        groups.setdefault(pid, []).append(i)
     order = [groups[key] for key in sorted(groups)]
     rng.shuffle(order)
     for rows in order:

@@ -28,8 +28,12 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
 def tune_threshold(
     probs: torch.Tensor, masks: torch.Tensor, target_sensitivity: float | None = None
 ) -> tuple[float, float]:
-    """The probability threshold with the best mean per-image Dice, or the highest one whose
-    pooled pixel sensitivity reaches ``target_sensitivity``.
+    """The probability threshold with the best mean Dice over the images that hold a finding,
+    or the highest one whose pooled pixel sensitivity reaches ``target_sensitivity``.
+
+    Images whose reference is empty do not enter the choice: a threshold that blanks them out
+    earns nothing (under the old rule each blank image scored Dice 1 and pulled the threshold
+    up). Their false positives are what the image-level ``clear`` figure reports.
 
     Args:
         probs: (N, 1, H, W) probabilities.
@@ -37,17 +41,18 @@ def tune_threshold(
         target_sensitivity: None for best Dice.
 
     Returns:
-        (threshold, mean Dice at that threshold).
+        (threshold, mean Dice at that threshold over the images with a finding; NaN if none).
     """
     truth = masks.bool()
+    finding = truth.flatten(1).any(1)
     dices, sens = [], []
     for t in THRESHOLDS:
         pred = probs >= t
-        dices.append(batch_metrics(pred, truth)["dice"].mean())
+        dices.append(batch_metrics(pred[finding], truth[finding])["dice"].mean())
         sens.append((pred & truth).sum() / truth.sum().clamp_min(1))
     dice = torch.stack(dices)
     if target_sensitivity is None:
-        best = int(torch.argmax(dice))
+        best = int(torch.argmax(torch.nan_to_num(dice, nan=-1.0)))
     else:
         ok = torch.nonzero(torch.stack(sens) >= target_sensitivity).flatten()
         best = int(ok[-1]) if len(ok) else 0
@@ -144,7 +149,8 @@ class SegmentationTask:
     def evaluate(
         self, model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
     ) -> dict[str, float]:
-        """Loss, Dice/IoU at 0.5, and the tuned threshold with its Dice (``dice_tuned``)."""
+        """Loss, Dice/IoU at 0.5 (mean over images where defined: both masks empty is left
+        out), and the tuned threshold with its Dice (``dice_tuned``)."""
         probs, masks, losses = [], [], []
         for images, target in batches:
             logits = model(as_float(images)).float()
@@ -156,8 +162,8 @@ class SegmentationTask:
         threshold, tuned = tune_threshold(p, m, self.target_sensitivity)
         return {
             "loss": float(torch.stack(losses).sum() / len(p)),
-            "dice": float(at_half["dice"].mean()),
-            "iou": float(at_half["iou"].mean()),
+            "dice": float(at_half["dice"].nanmean()),
+            "iou": float(at_half["iou"].nanmean()),
             "dice_tuned": tuned,
             "threshold": threshold,
         }

@@ -3,8 +3,12 @@ image's original size, and prediction with one model or a fold ensemble.
 
 Run folder of :func:`train_seg`::
 
-    OUT/summary.json         per-fold and mean +- std metrics, the resolved config
-    OUT/per_image.csv        every validation image's metrics at its original size
+    OUT/summary.json         per-fold and mean +- std metrics, the resolved config, the
+                             empty-mask convention; per-image figures with 95 % CIs
+                             bootstrapped over patients
+    OUT/per_image.csv        every scored image's metrics at its original size
+    OUT/predictions/         every scored image's mask (0/255 PNG, original size, its stem),
+                             for ``cxrssl evaluate-masks`` with other options
     OUT/fold_<k>/            the engine's run folder: config.yaml, metrics.csv, best.pt,
                              last.pt, tensorboard/
 """
@@ -24,13 +28,20 @@ from torch import nn
 
 from cxrssl.augment import AugmentConfig
 from cxrssl.data.datasets import index_files
-from cxrssl.data.splits import kfold, make_split
+from cxrssl.data.splits import kfold, make_split, resolve_patient_ids
 from cxrssl.errors import CxrsslError, DatasetError, ImageReadError
 from cxrssl.files import write_text_atomic
 from cxrssl.geometry import letterbox, unletterbox
 from cxrssl.io import IMAGE_SUFFIXES, read_image, read_mask, write_mask
 from cxrssl.losses import get_loss
-from cxrssl.metrics import binary_metrics, summarise
+from cxrssl.metrics import (
+    DEFAULT_EMPTY,
+    binary_metrics,
+    check_empty,
+    convention_note,
+    nanmean,
+    summarise,
+)
 from cxrssl.nets import create_net
 from cxrssl.tasks.seg_data import (
     SegCache,
@@ -54,7 +65,7 @@ from cxrssl.train.runlog import write_history_csv
 
 log = logging.getLogger(__name__)
 
-REPORTED = ("dice", "iou", "precision", "sensitivity", "specificity")
+REPORTED = ("dice", "iou", "precision", "sensitivity", "specificity", "detected", "clear")
 
 
 @dataclass
@@ -84,6 +95,8 @@ class SegConfig:
         postprocess: ``"none"``, ``"lungs"`` (two largest parts, holes filled), ``"largest"``.
         tta: Average with the horizontally flipped prediction.
         target_sensitivity: Tune the threshold for this sensitivity instead of best Dice.
+        empty: Empty-mask convention of the reported metrics (``cxrssl.metrics``): ``"nan"``
+            leaves undefined values out of the means and counts them, ``"one"`` scores them 1.
         patience: Early-stopping patience in epochs (0: off).
         seed: Seed of splits, draws and training.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
@@ -109,6 +122,7 @@ class SegConfig:
     postprocess: str = "lungs"
     tta: bool = False
     target_sensitivity: float | None = None
+    empty: str = DEFAULT_EMPTY
     patience: int = 0
     seed: int = 0
     device: str = "auto"
@@ -166,18 +180,12 @@ def original_masks(
     ]
 
 
-def _score(masks: list[np.ndarray], cache: SegCache) -> list[dict[str, float]]:
+def _score(masks: list[np.ndarray], cache: SegCache, empty: str) -> list[dict[str, float]]:
     """Metrics of original-size masks against the cache's mask files."""
     return [
-        binary_metrics(pred, read_mask(path, pred.shape), hd95=False)
+        binary_metrics(pred, read_mask(path, pred.shape), hd95=False, empty=empty)
         for pred, path in zip(masks, cache.mask_paths, strict=True)
     ]
-
-
-def _original_metrics(
-    probs: torch.Tensor, cache: SegCache, threshold: float, mode: str
-) -> list[dict[str, float]]:
-    return _score(original_masks(probs, cache, threshold, mode), cache)
 
 
 def evaluate_original(
@@ -188,41 +196,53 @@ def evaluate_original(
     net.eval()
     probs = _batched_probs([net], cache.images, device, tta=config.tta)
     masks = original_masks(probs, cache, threshold, config.postprocess)
-    return _score(masks, cache), masks
+    return _score(masks, cache, config.empty), masks
 
 
 def score_fold(
-    net: nn.Module, test: SegCache, threshold: float, config: SegConfig, device: torch.device
-) -> tuple[list[dict[str, float]], dict[str, float]]:
+    net: nn.Module, test: SegCache, fitted: FoldFit, config: SegConfig
+) -> tuple[list[dict[str, float]], list[np.ndarray], dict[str, float]]:
     """Measure each image of ``test`` at its original size, step by step of the recipe.
 
+    Each threshold is applied to the probabilities it was tuned on: ``threshold_plain`` to
+    plain ones, ``threshold`` to the recipe's (flip-averaged with ``tta``).
+
     Returns:
-        (per-image metric rows of the configured recipe, mean Dice after each step:
+        (per-image metric rows and masks of the configured recipe, mean Dice after each step:
         ``plain`` (threshold 0.5), ``+threshold`` (the validation threshold), ``+post``
-        (post-processing), ``+tta`` (flip averaging)).
+        (post-processing), ``+tta`` (flip averaging, its own threshold)).
     """
     net.eval()
-    probs = _batched_probs([net], test.images, device, tta=False)
-    steps = {"plain": _original_metrics(probs, test, 0.5, "none")}
-    if threshold != 0.5:
-        steps["+threshold"] = _original_metrics(probs, test, threshold, "none")
-    steps["+post"] = rows = _original_metrics(probs, test, threshold, config.postprocess)
+    probs = _batched_probs([net], test.images, fitted.device, tta=False)
+    steps: dict[str, list[dict[str, float]]] = {}
+
+    def step(name: str, threshold: float, mode: str) -> list[np.ndarray]:
+        masks = original_masks(probs, test, threshold, mode)
+        steps[name] = _score(masks, test, config.empty)
+        return masks
+
+    step("plain", 0.5, "none")
+    if fitted.threshold_plain != 0.5:
+        step("+threshold", fitted.threshold_plain, "none")
+    masks = step("+post", fitted.threshold_plain, config.postprocess)
     if config.tta:
-        probs = _batched_probs([net], test.images, device, tta=True)
-        steps["+tta"] = rows = _original_metrics(probs, test, threshold, config.postprocess)
-    worth = {k: float(np.mean([r["dice"] for r in v])) for k, v in steps.items()}
-    return rows, worth
+        probs = _batched_probs([net], test.images, fitted.device, tta=True)
+        masks = step("+tta", fitted.threshold, config.postprocess)
+    worth = {k: nanmean([r["dice"] for r in v]) for k, v in steps.items()}
+    return steps[list(steps)[-1]], masks, worth
 
 
 @dataclass
 class FoldFit:
-    """A trained fold: the chosen model and its threshold."""
+    """A trained fold: the chosen model, its threshold for the recipe's probabilities
+    (flip-averaged with ``tta``) and for plain ones (equal without ``tta``)."""
 
     net: nn.Module
     threshold: float
     best_epoch: int
     history: list[dict[str, float]]
     device: torch.device
+    threshold_plain: float = 0.5
 
 
 def fit_fold(
@@ -252,6 +272,7 @@ def fit_fold(
         raise CxrsslError(
             "a target sensitivity or early stopping needs validation patients (--val-fraction)"
         )
+    check_empty(config.empty)
     device = resolve_device(config.device)
     net = _build_net(config, seed)
     task = SegmentationTask(
@@ -294,13 +315,16 @@ def fit_fold(
     best = load_checkpoint(run_dir / "best.pt", map_location=device)
     net.load_state_dict(best["state_dict"])
     net.eval()
-    threshold = 0.5
-    if val is not None:
-        probs = _batched_probs([net], val.images, device, tta=config.tta)
-        threshold, _ = tune_threshold(probs, val.masks, config.target_sensitivity)
+    threshold = plain = 0.5
+    if val is not None:  # each threshold tuned on the probabilities it will be applied to
+        probs = _batched_probs([net], val.images, device, tta=False)
+        threshold = plain = tune_threshold(probs, val.masks, config.target_sensitivity)[0]
+        if config.tta:
+            probs = _batched_probs([net], val.images, device, tta=True)
+            threshold, _ = tune_threshold(probs, val.masks, config.target_sensitivity)
     best["extra"] = {**best["extra"], "threshold": threshold}
     save_checkpoint(run_dir / "best.pt", best)
-    return FoldFit(net, threshold, int(best["epoch"]), result.history, device)
+    return FoldFit(net, threshold, int(best["epoch"]), result.history, device, plain)
 
 
 def train_seg(
@@ -326,9 +350,11 @@ def train_seg(
     """
     config = config or SegConfig()
     out = Path(out)
+    check_empty(config.empty)
     cache = load_cache(open_folders(images, masks), config.size)
+    pids = np.asarray(resolve_patient_ids(cache.patient_ids, [p.name for p in cache.paths]))
+    cache.patient_ids = list(pids)
     assignment, n_folds = _assign_folds(cache, config)
-    pids = np.asarray([p or f"row{i}" for i, p in enumerate(cache.patient_ids)], dtype=object)
     per_image: list[dict[str, Any]] = []
     folds: list[dict[str, Any]] = []
     for fold in range(n_folds):
@@ -364,8 +390,10 @@ def train_seg(
             summary = _summary(config, [], [], n_folds)
             write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
             break
-        rows, worth = score_fold(fitted.net, test, fitted.threshold, config, fitted.device)
-        means = {k: float(np.mean([r[k] for r in rows])) for k in REPORTED}
+        rows, fold_masks, worth = score_fold(fitted.net, test, fitted, config)
+        for path, mask in zip(test.paths, fold_masks, strict=True):
+            write_mask(out / "predictions" / f"{path.stem}.png", mask)
+        means = {k: nanmean([r[k] for r in rows]) for k in REPORTED}
         folds.append(
             {
                 "fold": fold,
@@ -379,7 +407,8 @@ def train_seg(
             }
         )
         per_image += [
-            {"fold": fold, "file": p.name, **r} for p, r in zip(test.paths, rows, strict=True)
+            {"fold": fold, "file": p.name, "patient_id": pid, **r}
+            for p, pid, r in zip(test.paths, test.patient_ids, rows, strict=True)
         ]
         log.info(
             "fold %d: %s; Dice by step: %s",
@@ -401,16 +430,22 @@ def _summary(
     if not folds:  # one model trained on everything: no scored fold
         return {"config": asdict(config), "complete": True, "folds": []}
     for k in REPORTED:
-        values = np.array([f[k] for f in folds])
+        values = np.array([f[k] for f in folds], dtype=np.float64)
+        values = values[~np.isnan(values)]
         std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        across[k] = {"mean": float(values.mean()), "std": std}
-    pooled = summarise([{k: r[k] for k in REPORTED} for r in per_image])
+        across[k] = {"mean": nanmean(values), "std": std, "n_folds": len(values)}
+    pooled = summarise(
+        [{k: r[k] for k in REPORTED} for r in per_image],
+        groups=[r["patient_id"] for r in per_image],
+    )
     return {
         "config": asdict(config),
         "complete": len(folds) == n_folds,
+        "empty_convention": convention_note(config.empty),
         "folds": folds,
         "mean_std_over_folds": across,
         "per_image": {k: v.as_dict() for k, v in pooled.items()},
+        "per_image_note": "mean over images, 95 % CI bootstrapped over patients",
     }
 
 
