@@ -3,8 +3,10 @@ atomic checkpoints, frozen groups, early stopping."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -208,3 +210,102 @@ def test_no_monitor_keeps_the_last_epoch(tmp_path: Path) -> None:
     best, last = load_checkpoint(tmp_path / "best.pt"), load_checkpoint(tmp_path / "last.pt")
     assert best["epoch"] == last["epoch"] == 3 and trainer.best_epoch == 3
     assert all(torch.equal(best["state_dict"][k], v) for k, v in last["state_dict"].items())
+
+
+class PoisonGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``value`` (NaN or inf)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, value: float) -> torch.Tensor:
+        ctx.value = value
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.value, None
+
+
+class PoisonGradTask(ToyTask):
+    """Finite loss, but NaN/inf parameter gradients on the chosen calls; snapshots the
+    weights at every call (the weights after step k are the snapshot of call k + 1)."""
+
+    def __init__(self, poison_at: set[int], value: float) -> None:
+        self.poison_at, self.value, self.calls = poison_at, value, 0
+        self.snapshots: list[list[torch.Tensor]] = []
+
+    def training_step(
+        self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self.snapshots.append([p.detach().clone() for p in model.parameters()])
+        x, y = batch
+        out = model(x)
+        if self.calls in self.poison_at:
+            out = PoisonGrad.apply(out, self.value)
+        self.calls += 1
+        return nn.functional.mse_loss(out, y), {}
+
+
+@pytest.mark.parametrize(("value", "grad_clip"), [(float("nan"), 1.0), (float("inf"), 0.0)])
+def test_non_finite_gradient_skips_the_step_and_keeps_the_weights(
+    tmp_path: Path, value: float, grad_clip: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    task = PoisonGradTask({2}, value)
+    trainer = Trainer(toy_model(), task, config(epochs=1, grad_clip=grad_clip), tmp_path)
+    trainer.fit(DataLoader(toy_data(), batch_size=8), None)  # 5 batches
+    before, after, later = task.snapshots[2], task.snapshots[3], task.snapshots[4]
+    assert all(torch.equal(p, q) for p, q in zip(before, after, strict=True))
+    assert not all(torch.equal(p, q) for p, q in zip(after, later, strict=True))
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert trainer.history[0]["skipped_batches"] == 1.0
+    assert "batch 2: non-finite gradient norm, batch skipped" in caplog.text
+    # Like a skipped loss, a skipped step advances neither the optimiser nor the schedule.
+    assert trainer.scheduler is not None and trainer.scheduler.last_epoch == 4
+    state = trainer.optimizer.state[next(trainer.model.parameters())]
+    assert int(state["step"]) == 4
+
+
+def test_persistent_non_finite_gradient_stops_with_a_clear_error(tmp_path: Path) -> None:
+    task = PoisonGradTask({1, 2, 3}, float("nan"))
+    trainer = Trainer(toy_model(), task, config(max_bad_batches=3), tmp_path)
+    with pytest.raises(
+        TrainingError,
+        match=r"gradient norm was NaN/inf for 3 consecutive batches \(epoch 1, batch 3\)",
+    ):
+        trainer.fit(DataLoader(toy_data(), batch_size=8), None)
+
+
+class NanMetricTask(ToyTask):
+    """A validation metric that is undefined (an AUC without positive cases, say)."""
+
+    def evaluate(
+        self, model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]
+    ) -> dict[str, float]:
+        return {"loss": 1.0, "dice": float("nan")}
+
+
+def test_non_finite_monitor_is_an_error_after_last_checkpoint(tmp_path: Path) -> None:
+    cfg = config(monitor="dice", monitor_mode="max")
+    trainer = Trainer(toy_model(), NanMetricTask(), cfg, tmp_path)
+    with pytest.raises(TrainingError, match=r"'val_dice' is nan after epoch 1.*another monitor"):
+        trainer.fit(DataLoader(toy_data(), batch_size=8), DataLoader(toy_data(16), batch_size=8))
+    assert not (tmp_path / "best.pt").exists()
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    assert (tmp_path / "metrics.csv").read_text().count("\n") == 2
+
+
+def test_fp16_scaler_skips_overflows_itself_and_survives_a_nan_loss(tmp_path: Path) -> None:
+    # The float16 path (a CUDA GradScaler) run on CPU: overflowing gradients are the
+    # scaler's to skip (lowering its scale, not counted as bad); a NaN loss is skipped as
+    # usual, and the scaler keeps working after it.
+    task = PoisonGradTask({1, 3}, float("nan"))
+    trainer = Trainer(toy_model(), task, config(epochs=1, max_bad_batches=2), tmp_path)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    trainer.fit(NanLoader({2}), None)
+    assert trainer.history[0]["skipped_batches"] == 1.0  # the NaN loss only
+    assert trainer.scaler.get_scale() == 2.0**7  # halved at batches 1, 2 and 3
+    unchanged = [
+        all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+        for a, b in itertools.pairwise(task.snapshots)
+    ]
+    assert unchanged == [False, True, True, True]
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())

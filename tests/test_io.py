@@ -67,6 +67,18 @@ def _encode(suffix: str, image: np.ndarray, *params: int) -> bytes:
     return buf.tobytes()
 
 
+def _with_sbit(png: bytes, *bits: int) -> bytes:
+    """``png`` with an sBIT chunk (one value per sample: grey, or R, G, B) after IHDR."""
+    assert png[12:16] == b"IHDR"
+    return png[:33] + _chunk(b"sBIT", bytes(bits)) + png[33:]
+
+
+def _png16(values: np.ndarray, *sbit: int) -> bytes:
+    """A 16-bit PNG of ``values`` as stored (no shifting), with an sBIT chunk when given."""
+    png = _encode(".png", values.astype(np.uint16))
+    return _with_sbit(png, *sbit) if sbit else png
+
+
 def _iccp_chunk() -> tuple[bytes, bytes]:
     """An iCCP chunk holding a bogus RGB profile: libpng warns about it on stderr."""
     profile = bytearray(132)
@@ -118,15 +130,31 @@ _GREY = np.array([[0, 51, 102], [153, 204, 255]], np.uint8)
 # Pure colours and their BT.601 grey levels (cv2 rounds 0.299 R + 0.587 G + 0.114 B).
 _BGR = np.array([[[0, 0, 0], [255, 255, 255], [0, 0, 255]], [[0, 255, 0], [255, 0, 0], [128] * 3]])
 _BGR_GREY = np.array([[0, 255, 76], [150, 29, 128]]) / 255
+_12BIT = np.array([[0, 1000, 4095]])  # a 12-bit detector's values
 _PALETTE = bytes([0, 0, 0, 255, 255, 255, 255, 0, 0, 128, 128, 128])  # RGB entries
 
 RASTER_CASES: dict[str, tuple[str, Callable[[], bytes], np.ndarray]] = {
     "png-grey-8": (".png", lambda: _encode(".png", _GREY), _GREY / 255),
     "png-grey-16": (".png", lambda: _encode(".png", _GREY.astype(np.uint16) * 257), _GREY / 255),
-    "png-grey-16-bits-stored": (
+    # 12-bit samples stored unshifted, as sBIT says: divided by 4095, like DICOM BitsStored.
+    "png-grey-16-sbit-unshifted": (
         ".png",
-        lambda: _encode(".png", np.array([[0, 1000, 4095]], np.uint16)),  # 12 bits in 16
-        np.array([[0, 1000 / 4095, 1]]),
+        lambda: _png16(_12BIT, 12),
+        _12BIT / 4095,
+    ),
+    # 12-bit samples scaled up to 16 bits (left bit replication, as the PNG spec says).
+    "png-grey-16-sbit-scaled-up": (
+        ".png",
+        lambda: _png16((_12BIT << 4) | (_12BIT >> 8), 12),
+        _12BIT / 4095,
+    ),
+    # Without sBIT, 16 bits are 16 bits, whatever the maximum: one window for every file.
+    "png-grey-16-no-sbit-12-bit-values": (".png", lambda: _png16(_12BIT), _12BIT / 65535),
+    "png-grey-16-invalid-sbit-ignored": (".png", lambda: _png16(_12BIT, 17), _12BIT / 65535),
+    "png-rgb-16-sbit-unshifted": (
+        ".png",
+        lambda: _with_sbit(_encode(".png", _BGR.astype(np.uint16) * 16), 12, 12, 12),
+        _BGR_GREY * 255 * 16 / 4095,
     ),
     "png-grey-1bit": (
         ".png",
@@ -178,6 +206,11 @@ RASTER_CASES: dict[str, tuple[str, Callable[[], bytes], np.ndarray]] = {
     ),
     "tiff-8": (".tif", lambda: _encode(".tif", _GREY), _GREY / 255),
     "tiff-16": (".tiff", lambda: _encode(".tiff", _GREY.astype(np.uint16) * 257), _GREY / 255),
+    "tiff-16-12-bit-values": (
+        ".tif",
+        lambda: _encode(".tif", _12BIT.astype(np.uint16)),
+        _12BIT / 65535,
+    ),
     "tiff-float-unit-kept": (
         ".tif",
         lambda: _encode(".tif", np.array([[0.25, 0.5, 0.75]], np.float32)),
@@ -243,6 +276,46 @@ def test_read_gray8_of_every_8_bit_level_and_colour_chunks(tmp_path: Path) -> No
     bgr = np.dstack([levels, levels[::-1], levels.T]).copy()
     colour.write_bytes(_encode(".png", bgr))
     np.testing.assert_array_equal(read_gray8(colour), cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+
+
+FILMS = {
+    "png-sbit-12": lambda v: _png16(v, 12),
+    "png-no-sbit": lambda v: _png16(v),
+    "tiff": lambda v: _encode(".tif", v.astype(np.uint16)),
+}
+
+
+@pytest.mark.parametrize("kind", FILMS)
+def test_two_films_from_one_scanner_share_one_scale(kind: str, tmp_path: Path) -> None:
+    # Two films from one 12-bit scanner, one using its whole range and one not: the same
+    # raw value must be the same grey level in both (no scaling by the image's maximum).
+    bright = np.array([[0, 500, 1000, 4095]])
+    dim = np.array([[0, 500, 1000, 2000]])
+    paths = [tmp_path / f"{name}.{'tif' if kind == 'tiff' else 'png'}" for name in ("a", "b")]
+    for path, film in zip(paths, (bright, dim), strict=True):
+        path.write_bytes(FILMS[kind](film))
+    a, b = (read_image(path) for path in paths)
+    np.testing.assert_array_equal(a[0, :3], b[0, :3])
+    ga, gb = (read_gray8(path) for path in paths)
+    np.testing.assert_array_equal(ga[0, :3], gb[0, :3])
+    full = 4095 if kind == "png-sbit-12" else 65535
+    np.testing.assert_allclose(b, dim / full, atol=1e-6)
+
+
+def test_dark_16_bit_file_without_sbit_warns_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cxrssl.io
+
+    monkeypatch.setattr(cxrssl.io, "_warned_dark_16", [])
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.png").write_bytes(_png16(_12BIT))
+        read_image(tmp_path / f"{name}.png")
+    (tmp_path / "c.png").write_bytes(_png16(_12BIT, 12))
+    read_image(tmp_path / "c.png")
+    warned = [r.getMessage() for r in caplog.records if "sBIT" in r.getMessage()]
+    assert len(warned) == 1
+    assert "a.png: 16-bit image whose values fit in 12 bits, without an sBIT chunk" in warned[0]
 
 
 def test_unicode_path_and_uppercase_suffix(tmp_path: Path) -> None:

@@ -9,23 +9,34 @@ Choices, each made once here:
 
 - Raster images: colour is converted to grey (ITU-R BT.601 weights, ``cv2.cvtColor``), an
   alpha channel is dropped, palettes are expanded, JPEG EXIF orientation is applied. 8-bit
-  images are divided by 255. 16-bit images are divided by the largest value of the bits they
-  use (``2**b - 1``, ``b`` the bit length of the image's maximum, at least 8): a 12-bit image
-  stored in 16 bits is divided by 4095, as its DICOM "bits stored" would say, instead of
-  staying dark. Intensities are otherwise kept, never stretched to their min-max. Float
-  images already in ``[0, 1]`` are kept; other floats and signed integers are min-max scaled.
+  images are divided by 255. Float images already in ``[0, 1]`` are kept; other floats and
+  signed integers are min-max scaled.
+- 16-bit rasters (PNG, TIFF) are scaled by their file format, never by their own content, so
+  that one raw value means one grey level in every film of a scanner: they are divided by
+  65535, the meaning of a 16-bit PNG sample (an encoder of fewer-bit data scales it up to
+  16 bits and records the original depth in an ``sBIT`` chunk) and of a 16-bit TIFF.
+  One exception: when a PNG's ``sBIT`` says ``b < 16`` significant bits but its samples all
+  fit in ``b`` bits, the encoder stored them unshifted (common in medical exporters), and
+  they are divided by ``2**b - 1``, as a DICOM's BitsStored would say. (A spec-conforming
+  file is misread by this only when nearly black: every original sample under
+  ``2**(2b - 16)``, 256 of 4095 for 12 bits.)
+  A 16-bit file without ``sBIT`` that uses 12 bits or fewer is still divided by 65535 and
+  comes out dark (and coarse in :func:`read_gray8`); a warning, once per process, says to
+  add an ``sBIT`` chunk or rescale such files.
 - DICOM: modality LUT (rescale slope/intercept), then the first VOI LUT or window
   centre/width scaled by its output range, else min-max of the values; MONOCHROME1 is then
   inverted so that dense is bright.
 - Refused: missing, empty, truncated, undecodable or constant images, multi-page TIFF and
   multi-frame DICOM (3-D), compressed DICOM without an installed decoder.
-- PNG colour-management chunks (iCCP, sRGB, gAMA, cHRM) are dropped before decoding: OpenCV
-  ignores them anyway, and libpng would print warnings about bad profiles straight to stderr.
+- PNG colour-management chunks (iCCP, sRGB, gAMA, cHRM) and ``sBIT`` (read here, above) are
+  dropped before decoding: OpenCV ignores them anyway, and libpng would print warnings about
+  bad profiles or depths straight to stderr.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import struct
 from pathlib import Path
 
@@ -63,10 +74,15 @@ IMAGE_SUFFIXES: tuple[str, ...] = (
 _DICOM_SUFFIXES = (".dcm", ".dicom")
 _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR  # keeps 16 bits, drops alpha
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_PNG_COLOUR_CHUNKS = (b"iCCP", b"sRGB", b"gAMA", b"cHRM")
+_PNG_DROPPED_CHUNKS = (b"iCCP", b"sRGB", b"gAMA", b"cHRM", b"sBIT")
+_PNG_COLOUR_SAMPLES = {0: 1, 2: 3, 4: 1, 6: 3}  # sBIT bytes of the grey or RGB samples
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _DECODER_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
 _EMPTY = "empty file (0 bytes)"
+_FULL_16 = 65535
+
+log = logging.getLogger(__name__)
+_warned_dark_16: list[Path] = []  # the first 16-bit file read dark without sBIT
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -108,7 +124,7 @@ def read_image(path: str | Path) -> np.ndarray:
             or a compressed DICOM whose decoder is not installed; the message names the file.
     """
     path = Path(path)
-    return _to_unit_range(path, _read_grey(path, _read_bytes(path)))
+    return _to_unit_range(path, *_read_grey(path, _read_bytes(path)))
 
 
 def read_gray8(path: str | Path, data: bytes | None = None) -> np.ndarray:
@@ -134,11 +150,11 @@ def read_gray8(path: str | Path, data: bytes | None = None) -> np.ndarray:
         data = _read_bytes(path)
     elif not data:
         raise ImageReadError(path, _EMPTY)
-    grey = _read_grey(path, data)
+    grey, sbit = _read_grey(path, data)
     if grey.dtype == np.uint8:
         _value_range(path, grey)
         return grey
-    unit = _to_unit_range(path, grey)
+    unit = _to_unit_range(path, grey, sbit)
     return np.rint(unit * np.float32(255), out=unit).astype(np.uint8)
 
 
@@ -164,7 +180,7 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     data = _read_bytes(path)
     if _is_dicom(data) or path.suffix.lower() in _DICOM_SUFFIXES:
         raise ImageReadError(path, "DICOM masks are not supported; save masks as PNG")
-    raw = _decode_raster(path, data)
+    raw, _ = _decode_raster(path, data)
     if raw.ndim == 3:
         raw = raw.max(axis=2)
     if shape is not None and raw.shape != tuple(shape):
@@ -226,18 +242,22 @@ def _is_dicom(head: bytes) -> bool:
     return head[128:132] == b"DICM"
 
 
-def _read_grey(path: Path, data: bytes) -> np.ndarray:
-    """(H, W) grey levels: native dtype for raster images, float32 in [0, 1] for DICOM."""
+def _read_grey(path: Path, data: bytes) -> tuple[np.ndarray, int | None]:
+    """(H, W) grey levels (native dtype for raster images, float32 in [0, 1] for DICOM) and
+    the significant bits a 16-bit PNG's ``sBIT`` declares (None without one)."""
     if _is_dicom(data) or path.suffix.lower() in _DICOM_SUFFIXES:
-        return _read_dicom(path, data)
-    raw = _decode_raster(path, data)
-    return cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY) if raw.ndim == 3 else raw
+        return _read_dicom(path, data), None
+    raw, sbit = _decode_raster(path, data)
+    return (cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY) if raw.ndim == 3 else raw), sbit
 
 
-def _decode_raster(path: Path, data: bytes) -> np.ndarray:
-    """Decode with OpenCV after format checks: (H, W) or (H, W, 3) BGR, native dtype."""
+def _decode_raster(path: Path, data: bytes) -> tuple[np.ndarray, int | None]:
+    """Decode with OpenCV after format checks: (H, W) or (H, W, 3) BGR, native dtype, and
+    the significant bits of a 16-bit PNG's ``sBIT`` chunk (None without one)."""
+    sbit = None
     if data.startswith(_PNG_MAGIC):
-        kind, data = "PNG", _checked_png(path, data)
+        kind = "PNG"
+        data, sbit = _checked_png(path, data)
     elif data.startswith(b"\xff\xd8\xff"):
         kind = "JPEG"
         if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):  # EOI must follow the last scan
@@ -275,12 +295,15 @@ def _decode_raster(path: Path, data: bytes) -> np.ndarray:
         image = image[:, :, 0]
     if image.ndim != 2 and not (image.ndim == 3 and image.shape[2] == 3):
         raise ImageReadError(path, f"3-D image of shape {image.shape}; expected H x W or colour")
-    return image
+    return image, sbit
 
 
-def _checked_png(path: Path, data: bytes) -> bytes:
-    """``data`` with its colour-management chunks removed; refuses a PNG cut before IEND."""
-    pos, size, drop = 8, len(data), []
+def _checked_png(path: Path, data: bytes) -> tuple[bytes, int | None]:
+    """``data`` without the chunks OpenCV need not see, and the significant bits of the grey
+    or colour samples from ``sBIT`` (16-bit images only; None without a valid one); refuses
+    a PNG cut before IEND."""
+    pos, size, drop, sbit = 8, len(data), [], None
+    depth, colour = (data[24], data[25]) if size >= 26 else (0, 0)
     while True:
         if pos + 12 > size:
             raise ImageReadError(path, f"truncated PNG ({size} bytes, ends before IEND)")
@@ -292,30 +315,52 @@ def _checked_png(path: Path, data: bytes) -> bytes:
             )
         if kind == b"IEND":
             break
-        if kind in _PNG_COLOUR_CHUNKS:
+        if kind == b"sBIT" and depth == 16 and colour in _PNG_COLOUR_SAMPLES:
+            bits = data[pos + 8 : pos + 8 + min(length, _PNG_COLOUR_SAMPLES[colour])]
+            if bits and all(0 < b <= depth for b in bits):  # else invalid: ignored, as libpng
+                sbit = max(bits)
+        if kind in _PNG_DROPPED_CHUNKS:
             drop.append((pos, end))
         pos = end
     if not drop:
-        return data
+        return data, sbit
     keep, start = [], 0
     for a, b in drop:
         keep.append(data[start:a])
         start = b
     keep.append(data[start:])
-    return b"".join(keep)
+    return b"".join(keep), sbit
 
 
-def _to_unit_range(path: Path, image: np.ndarray) -> np.ndarray:
-    """(H, W) grey levels of any dtype -> float32 in [0, 1] (see the module notes)."""
+def _to_unit_range(path: Path, image: np.ndarray, sbit: int | None = None) -> np.ndarray:
+    """(H, W) grey levels of any dtype -> float32 in [0, 1] (see the module notes);
+    ``sbit``: the significant bits a 16-bit PNG declares."""
     lo, hi = _value_range(path, image)
     if image.dtype == np.uint8:
         return image.astype(np.float32) * np.float32(1 / 255)
     if image.dtype == np.uint16:
-        bits = max(8, int(hi).bit_length())  # the bits stored, read off the data
-        return image.astype(np.float32) * np.float32(1 / (2**bits - 1))
+        return image.astype(np.float32) * np.float32(1 / _full_scale_16(path, hi, sbit))
     if image.dtype.kind == "f" and lo >= 0 and hi <= 1:
         return image.astype(np.float32, copy=False)
     return _stretch(image, lo, hi)
+
+
+def _full_scale_16(path: Path, hi: float, sbit: int | None) -> int:
+    """The raw value read as 1.0 in a 16-bit raster whose maximum is ``hi``: 65535, or
+    ``2**sbit - 1`` for a PNG whose ``sBIT`` samples are stored unshifted."""
+    if sbit is not None and sbit < 16 and hi < 2**sbit:
+        return int(2**sbit - 1)
+    if sbit is None and hi < 2**12 and not _warned_dark_16:
+        _warned_dark_16.append(path)
+        log.warning(
+            "%s: 16-bit image whose values fit in %d bits, without an sBIT chunk: read as "
+            "16 bits, so it is dark (brightest pixel %.3f); store such files as PNG with an "
+            "sBIT chunk naming their bits, or scale them to 16 bits (warned once)",
+            path,
+            max(1, int(hi).bit_length()),
+            hi / _FULL_16,
+        )
+    return _FULL_16
 
 
 def _value_range(path: Path, image: np.ndarray) -> tuple[float, float]:

@@ -8,7 +8,8 @@ from cxrssl.errors import CxrsslError
 
 
 class TrainingError(CxrsslError):
-    """Training cannot go on (persistent non-finite loss, bad configuration)."""
+    """Training cannot go on (persistent non-finite loss or gradients, unusable monitor, bad
+    configuration)."""
 
 
 @dataclass
@@ -28,10 +29,11 @@ class TrainConfig:
             gradient scaler); ignored on CPU.
         patience: Stop after this many validations without improvement; 0 never stops.
         monitor: Validation metric choosing ``best.pt`` and early stopping; None keeps the
-            last epoch as ``best.pt`` (no choice on held-out data, no early stopping).
+            last epoch as ``best.pt`` (no choice on held-out data, no early stopping). A
+            NaN/inf value of it is an error.
         monitor_mode: ``"max"`` or ``"min"``.
-        max_bad_batches: Consecutive non-finite losses tolerated (each batch skipped)
-            before training stops with an error.
+        max_bad_batches: Consecutive batches with a non-finite loss or gradient norm
+            tolerated (each skipped, weights untouched) before training stops with an error.
         seed: Seed of all training randomness.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         progress: Show a progress bar.

@@ -3,9 +3,19 @@
 The engine knows nothing about the task: a :class:`Task` computes the loss of a batch (and
 its named components) and evaluates a model on a loader. The engine owns the rest:
 optimiser with per-group learning rates and frozen groups, warm-up + cosine schedule, AMP
-on CUDA, gradient clipping, a guard against non-finite losses, early stopping, atomic
-``best.pt``/``last.pt`` checkpoints, exact resume, ``metrics.csv``, ``config.yaml``,
-TensorBoard and a progress bar.
+on CUDA, gradient clipping, a guard against non-finite losses and gradients, early
+stopping, atomic ``best.pt``/``last.pt`` checkpoints, exact resume, ``metrics.csv``,
+``config.yaml``, TensorBoard and a progress bar.
+
+Non-finite guard: a batch whose loss, or whose gradient norm, is NaN/inf is skipped: no
+optimiser step, no scheduler step, the weights stay exactly as they were, and it counts in
+``skipped_batches``; ``max_bad_batches`` such batches in a row stop training with a
+:class:`TrainingError`. Under float16 AMP the gradient scaler handles overflowing gradients
+itself (it skips the step and lowers its scale, which is normal and not counted); a
+non-finite loss is skipped there too, and the scaler still sees its (usually overflowing)
+gradients. Both checks share one host synchronisation per step (the float16 scaler adds its
+own). A non-finite monitored metric is an error (``best.pt`` could never be chosen by it), raised
+after ``last.pt`` and ``metrics.csv`` are written, so ``--resume`` loses no work.
 
 Determinism: every epoch starts from seeds derived from ``(seed, epoch)`` (global torch RNG
 inside a forked RNG scope, the augmentation generator, the loader's shuffle), so a run
@@ -68,6 +78,18 @@ class FitResult:
     epochs_run: int
     history: list[dict[str, float]]
     run_dir: Path
+
+
+def total_grad_norm(params: Iterable[nn.Parameter]) -> torch.Tensor:
+    """Global 2-norm of the parameters' gradients (0 without any), without a host sync."""
+    grads = [p.grad for p in params if p.grad is not None]
+    get_total_norm = getattr(nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if get_total_norm is not None:
+        norm: torch.Tensor = get_total_norm(grads)
+        return norm
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 class Trainer:
@@ -186,6 +208,27 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=self.amp_dtype)
         return nullcontext()
 
+    def _clip(self, params: list[nn.Parameter]) -> torch.Tensor | None:
+        """Clip the (unscaled) gradients when configured; their total norm before clipping,
+        or None where the float16 scaler checks them itself and no clipping is wanted.
+
+        Clipping non-finite gradients only spoils gradients that the step then discards.
+        """
+        if self.config.grad_clip > 0:
+            return nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        if self.scaler.is_enabled():
+            return None
+        return total_grad_norm(params)
+
+    def _finite(self, loss: torch.Tensor, norm: torch.Tensor | None) -> tuple[bool, bool]:
+        """Whether the loss and the gradient norm are finite, in one host sync. Gradients
+        count as fine under the float16 scaler, which skips a non-finite step itself."""
+        checks = [torch.isfinite(loss.detach()).all()]
+        if norm is not None and not self.scaler.is_enabled():
+            checks.append(torch.isfinite(norm).to(checks[0].device))
+        flags = torch.stack(checks).tolist()
+        return bool(flags[0]), bool(flags[1]) if len(flags) > 1 else True
+
     def train_epoch(self, loader: Iterable[Batch]) -> dict[str, float]:
         """One pass over ``loader``; returns mean loss, mean components and skipped count."""
         if self.scheduler is None:
@@ -194,6 +237,7 @@ class Trainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         sums: dict[str, torch.Tensor] = {}
         steps = skipped = bad_run = 0
+        bad_kinds: set[str] = set()  # what was non-finite in the current run of bad batches
         bar = tqdm(
             loader,
             desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
@@ -205,34 +249,43 @@ class Trainer:
             batch = to_device(batch, self.device)
             with self._autocast():
                 loss, parts = self.task.training_step(self.model, batch, self.generator)
-            if not torch.isfinite(loss).item():
-                skipped += 1
-                bad_run += 1
-                self.optimizer.zero_grad(set_to_none=True)
-                log.warning(
-                    "epoch %d batch %d: non-finite loss, batch skipped", self.epoch + 1, step
-                )
-                if bad_run >= self.config.max_bad_batches:
-                    raise TrainingError(
-                        f"loss was NaN/inf for {bad_run} consecutive batches (epoch "
-                        f"{self.epoch + 1}, batch {step}); check the inputs or lower the "
-                        f"learning rate (now {self.scheduler.get_last_lr()[0]:.3g})"
-                    )
-                continue
-            bad_run = 0
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            if self.config.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            steps += 1
-            for k, v in {"loss": loss.detach(), **parts}.items():
-                sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.float()
-            if self.config.progress and step % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+            self.scaler.unscale_(self.optimizer)  # a no-op without the float16 scaler
+            loss_ok, grads_ok = self._finite(loss, self._clip(params))
+            if loss_ok and grads_ok:
+                bad_run = 0
+                bad_kinds.clear()
+                self.scaler.step(self.optimizer)  # the fp16 scaler skips inf/NaN gradients
+                self.scaler.update()
+                self.scheduler.step()
+                steps += 1
+                for k, v in {"loss": loss.detach(), **parts}.items():
+                    sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.float()
+                if self.config.progress and step % 10 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
+                continue
+            # Skipped like a bad loss: no optimiser or scheduler step, weights untouched.
+            if self.scaler.is_enabled():
+                self.scaler.update()  # closes the iteration unscale_() opened
+            self.optimizer.zero_grad(set_to_none=True)
+            what = "loss" if not loss_ok else "gradient norm"
+            bad_kinds.add(what)
+            skipped += 1
+            bad_run += 1
+            log.warning(
+                "epoch %d batch %d: non-finite %s, batch skipped", self.epoch + 1, step, what
+            )
+            if bad_run >= self.config.max_bad_batches:
+                subject = " or ".join(sorted(bad_kinds, key=len))
+                hint = "check the inputs"
+                if "gradient norm" in bad_kinds:
+                    hint += " and the loss for infinite slopes (sqrt or log at 0, say)"
+                raise TrainingError(
+                    f"{subject} was NaN/inf for {bad_run} consecutive batches (epoch "
+                    f"{self.epoch + 1}, batch {step}); {hint}, or lower the learning rate "
+                    f"(now {self.scheduler.get_last_lr()[0]:.3g})"
+                )
         out = {f"train_{k}": (v / max(steps, 1)).item() for k, v in sums.items()}
         out["skipped_batches"] = float(skipped)
         return out
@@ -279,7 +332,8 @@ class Trainer:
             resume: Continue from ``run_dir/last.pt`` when it exists.
 
         Raises:
-            TrainingError: Persistent non-finite loss or an unusable monitor metric.
+            TrainingError: Persistent non-finite loss or gradients, or a monitored metric
+                that is missing or non-finite (raised after that epoch's ``last.pt``).
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.setup(len(train_loader))  # type: ignore[arg-type]
@@ -344,6 +398,15 @@ class Trainer:
         write_history_csv(self.run_dir / "metrics.csv", self.history)
         if board is not None:
             board.log(self.epoch, row, self._overlays(val_loader))
+        if monitor is not None and not math.isfinite(row[key]):
+            # After last.pt and metrics.csv: --resume continues once the cause is fixed.
+            raise TrainingError(
+                f"monitored metric {key!r} is {row[key]} after epoch {self.epoch}, so best.pt "
+                "cannot be chosen by it; the metric is likely undefined on this data (an AUC "
+                "when validation has no positive or no negative case, a Dice on empty masks): "
+                "choose another monitor or more validation data; last.pt is written, "
+                "--resume continues from it"
+            )
         shown = ", ".join(
             f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train_loss", "val_"))
         )
