@@ -7,5 +7,5 @@ masks) -> ``data`` (datasets, splits) -> ``nets`` -> ``losses`` -> ``train`` ->
 
 from cxrssl.errors import CxrsslError, DatasetError, ImageReadError, SplitLeakError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["CxrsslError", "DatasetError", "ImageReadError", "SplitLeakError", "__version__"]
