@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cxrssl.errors import CxrsslError
-from cxrssl.nets import NETS, UNet, create_net
+from cxrssl.nets import NETS, InputNorm, UNet, create_net
 from cxrssl.train import CheckpointError, load_init, save_checkpoint
 
 SMALL = {"features": (4, 8, 16)}
@@ -50,6 +50,27 @@ def test_input_norm_makes_the_net_blind_to_exposure() -> None:
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():
         assert torch.allclose(net(x), net(0.5 * x + 0.2), atol=1e-4)
+
+
+def test_input_norm_ignores_the_letterbox_padding() -> None:
+    # The same radiograph letterboxed into squares of different padding: its content pixels
+    # get the same normalised values (statistics over the non-zero pixels only).
+    content = torch.rand(100, 60, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.05
+    wide, narrow = torch.zeros(1, 1, 100, 100), torch.zeros(1, 1, 100, 80)
+    wide[..., 20:80], narrow[..., 10:70] = content, content
+    norm = InputNorm("image")
+    a, b = norm(wide)[..., 20:80], norm(narrow)[..., 10:70]
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert abs(a.mean().item()) < 1e-5 and abs(a.std().item() - 1) < 1e-4
+    # A pixel is padding only when it is 0 in every channel.
+    two = torch.cat([wide, torch.zeros_like(wide)], 1)
+    torch.testing.assert_close(norm(two)[:, :1, :, 20:80], a, rtol=0, atol=1e-5)
+    # Too little content (here 1 pixel, and an all-zero image): every pixel counts, finitely.
+    dot = torch.zeros(2, 1, 10, 10)
+    dot[0, 0, 5, 5] = 1
+    out = norm(dot)
+    assert torch.isfinite(out).all() and torch.all(out[1] == 0)
+    torch.testing.assert_close(out[0].mean(), torch.tensor(0.0), rtol=0, atol=1e-6)
 
 
 def test_bad_names_and_arguments_are_reported() -> None:

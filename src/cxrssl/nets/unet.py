@@ -24,23 +24,42 @@ INPUT_NORMS = ("image", "none")
 
 class InputNorm(nn.Module):
     """Input normalisation: ``"image"`` standardises each image and channel to zero mean and
-    unit variance (robust to the exposure differences between radiograph sources);
-    ``"none"`` passes the input through."""
+    unit variance over its content (robust to the exposure differences between radiograph
+    sources); ``"none"`` passes the input through.
 
-    def __init__(self, mode: str = "image", eps: float = 1e-5) -> None:
+    Images arrive letterboxed: padding is exactly 0 (in every channel), so the statistics are
+    over the pixels that are non-zero in some channel, and normalisation does not depend on
+    the aspect ratio. An image whose content is under ``min_content`` of its pixels (or under
+    2 pixels) uses all its pixels. Every pixel, padding included, is then mapped by the same
+    ``(x - mean) / (std + eps)``.
+
+    Args:
+        mode: ``"image"`` or ``"none"``.
+        eps: Added to the standard deviation.
+        min_content: Smallest content fraction whose statistics are used.
+    """
+
+    def __init__(self, mode: str = "image", eps: float = 1e-5, min_content: float = 0.01) -> None:
         super().__init__()
         if mode not in INPUT_NORMS:
             raise CxrsslError(f"unknown input_norm {mode!r}; choose one of {INPUT_NORMS}")
         self.mode = mode
         self.eps = eps
+        self.min_content = min_content
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
         if self.mode == "none":
             return x
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        std = x.std(dim=(2, 3), keepdim=True)
-        return (x - mean) / (std + self.eps)
+        content = (x != 0).any(dim=1, keepdim=True)  # (B, 1, H, W)
+        count = content.sum(dim=(2, 3), keepdim=True)
+        enough = count >= max(2.0, self.min_content * x.shape[2] * x.shape[3])
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # half sums would overflow
+        weight = (content | ~enough).to(xf.dtype)  # too little content: every pixel counts
+        n = weight.sum(dim=(2, 3), keepdim=True)
+        mean = (xf * weight).sum(dim=(2, 3), keepdim=True) / n
+        var = ((xf - mean) ** 2 * weight).sum(dim=(2, 3), keepdim=True) / (n - 1).clamp(min=1)
+        return ((xf - mean) / (var.sqrt() + self.eps)).to(x.dtype)
 
 
 class UNetEncoder(nn.Module):
