@@ -113,3 +113,14 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
     seen = looks_rendered(shot)
     assert seen["non_white"] > 0.02, seen  # not a blank page
     assert seen["coloured"] > 0.0003, seen  # plot lines and contours were drawn
+
+
+def test_every_markdown_table_names_its_empty_mask_convention(tmp_path: Path) -> None:
+    from cxrssl.metrics import convention_note
+    from cxrssl.study.report import markdown_summary
+
+    study = _study()
+    study["rules"]["note"] = "rules; " + convention_note()
+    study["efficiency"]["note"] = "curve; " + convention_note()
+    text = markdown_summary(study)
+    assert text.count("empty-mask convention 'nan'") == 2

@@ -244,7 +244,7 @@ def markdown_summary(study: dict[str, Any]) -> str:
     if study.get("rules"):
         lines += ["| rule-based method | Dice mean ± std | n | worst |", "|---|---|---|---|"]
         lines += [f"| {r[0]} | {r[1]} | {r[4]} | {r[5]} |" for r in _rules_rows(study["rules"])]
-        lines.append("")
+        lines += ["", study["rules"].get("note", ""), ""]  # the note names the convention
     if study.get("efficiency"):
         eff = study["efficiency"]
         lines += [
@@ -252,7 +252,7 @@ def markdown_summary(study: dict[str, Any]) -> str:
             "|---|---|---|---|---|",
         ]
         lines += ["| " + " | ".join(r) + " |" for r in _eff_rows(eff)]
-        lines.append("")
+        lines += ["", eff.get("note", ""), ""]
     lines += [f"- skipped: {s}" for s in study.get("skipped", [])]
     lines += ["", "Reproduce:", "", "```", study["command"], "```", ""]
     return "\n".join(lines)
