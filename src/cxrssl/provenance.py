@@ -8,6 +8,7 @@ file misses instead of serving a stale result.
 - ``source_hash``: SHA-1 of those modules' source text (once per process).
 - ``constants``: their UPPER_CASE module-level constants, read now (so a patched one counts).
 - ``file_manifest``: SHA-1 of (relative name, size, SHA-1 of bytes) of data files.
+- ``fingerprint``: a short, stable hash of JSON-serialisable settings (the stamp itself).
 """
 
 from __future__ import annotations
@@ -186,3 +187,9 @@ def file_manifest(paths: Iterable[str | Path]) -> str:
         row = [name, path.stat().st_size, file_sha1(path)]
         digest.update(json.dumps(row).encode() + b"\n")
     return digest.hexdigest()
+
+
+def fingerprint(settings: Any) -> str:
+    """A short, stable hash of JSON-serialisable settings (key order does not matter)."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob, usedforsecurity=False).hexdigest()[:16]

@@ -48,7 +48,7 @@ from cxrssl.errors import CxrsslError
 from cxrssl.files import atomic_open, write_bytes_atomic
 from cxrssl.io import is_image_file, read_gray8
 from cxrssl.parallel import pool_context
-from cxrssl.provenance import constants, modules_of, source_hash
+from cxrssl.provenance import constants, fingerprint, modules_of, source_hash
 
 KINDS = ("lungs", "regions", "pathology", "crop")
 ENTRY_FORMAT = "2"  # layout of a cache entry (``_store``/``_lookup``): bump when it changes
@@ -131,8 +131,7 @@ def cache_key(kind: str, method: str) -> str:
         "constants": constants(modules),
         "libraries": [cv2.__version__, np.__version__, pydicom.__version__],
     }
-    blob = json.dumps(parts, sort_keys=True).encode()
-    return hashlib.sha1(blob, usedforsecurity=False).hexdigest()
+    return fingerprint(parts)
 
 
 def _encode_png(array: np.ndarray) -> bytes:

@@ -12,7 +12,6 @@ none, is simply recomputed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -24,7 +23,7 @@ import torch
 
 import cxrssl
 from cxrssl.files import atomic_open
-from cxrssl.provenance import file_manifest, modules_of, source_hash
+from cxrssl.provenance import file_manifest, fingerprint, modules_of, source_hash
 
 log = logging.getLogger(__name__)
 UNIT_CODE = ("cxrssl.study.units",)  # the modules that compute a unit (and their imports)
@@ -42,12 +41,6 @@ class Unit:
     def key(self) -> str:
         k = "all" if self.n_labelled is None else str(self.n_labelled)
         return f"{self.method}__k{k}__seed{self.seed}"
-
-
-def fingerprint(settings: Mapping[str, Any]) -> str:
-    """A short, stable hash of JSON-serialisable settings."""
-    blob = json.dumps(settings, sort_keys=True, default=str).encode()
-    return hashlib.sha1(blob).hexdigest()[:16]
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
