@@ -97,3 +97,23 @@ def test_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "no mask matches an image" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train-seg", "--images", "a", "--masks", "b", "--out", "c", "--model", "vnet"])
+
+
+def test_train_seg_crop_flag_reaches_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cxrssl.cli import train as cli_train
+
+    seen: list[object] = []
+
+    def fake(images: Path, masks: Path, out: Path, config: object, resume: bool) -> dict:
+        seen.append(config)
+        return {}
+
+    monkeypatch.setattr(cli_train, "train_seg", fake)
+    base = ["train-seg", "--images", "a", "--masks", "b", "--out", str(tmp_path / "r")]
+    assert main([*base, "--crop", "lung-box"]) == 0
+    assert main(base) == 0
+    assert [c.crop for c in seen] == ["lung-box", None]  # type: ignore[attr-defined]
+    with pytest.raises(SystemExit):
+        main([*base, "--crop", "lungs"])

@@ -1,4 +1,4 @@
-"""Letterbox resize and its inverse: shapes, placement, round trips, errors."""
+"""Crop box and letterbox resize and their inverses: shapes, placement, round trips, errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 
 from cxrssl.errors import CxrsslError
-from cxrssl.geometry import Letterbox, letterbox, letterbox_mask, unletterbox
+from cxrssl.geometry import (
+    Letterbox,
+    apply_crop,
+    letterbox,
+    letterbox_mask,
+    restore,
+    uncrop,
+    unletterbox,
+    whole_box,
+)
 
 
 def ellipse_mask(h: int, w: int) -> np.ndarray:
@@ -60,3 +69,52 @@ def test_errors_name_the_problem() -> None:
         unletterbox(np.zeros((8, 8), np.float32), box)
     with pytest.raises(CxrsslError, match="unknown interpolation 'cubic'"):
         letterbox(np.zeros((10, 20), np.float32), 16, interpolation="cubic")
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "box"),
+    [(64, 48, (0, 0, 43, 49)), (97, 211, (30, 5, 190, 90)), (40, 30, (0, 0, 30, 40))],
+)
+def test_uncrop_is_the_exact_inverse_of_the_crop(
+    h: int, w: int, box: tuple[int, int, int, int]
+) -> None:
+    rng = np.random.default_rng(0)
+    mask = (rng.random((h, w)) > 0.5).astype(np.uint8)
+    x0, y0, x1, y1 = box
+    part = apply_crop(mask, box)
+    assert part.shape == (y1 - y0, x1 - x0) and part.flags.c_contiguous
+    back = uncrop(part, box, (h, w))
+    inside = np.zeros_like(mask)
+    inside[y0:y1, x0:x1] = 1
+    assert back.dtype == mask.dtype and np.array_equal(back, mask * inside)
+    assert np.array_equal(apply_crop(back, box), part)
+    probs = rng.random((y1 - y0, x1 - x0)).astype(np.float32)
+    assert np.array_equal(apply_crop(uncrop(probs, box, (h, w)), box), probs)
+
+
+@pytest.mark.parametrize(("h", "w", "size"), [(512, 430, 256), (97, 211, 64)])
+def test_crop_then_letterbox_restores_into_the_full_image(h: int, w: int, size: int) -> None:
+    mask = ellipse_mask(h, w)
+    box = (w // 5, h // 6, w - w // 7, h - h // 4)  # cuts through the ellipse
+    x0, y0, x1, y1 = box
+    small, lb = letterbox(apply_crop(mask, box).astype(np.float32), size)
+    assert (lb.height, lb.width) == (y1 - y0, x1 - x0)
+    back = (restore(small, lb, box, (h, w)) >= 0.5).astype(np.uint8)
+    assert back.shape == (h, w)
+    outside = np.ones((h, w), bool)
+    outside[y0:y1, x0:x1] = False
+    assert not back[outside].any()  # exactly nothing outside the box
+    expected = np.where(outside, 0, mask)
+    dice = 2 * np.count_nonzero(back & expected) / (back.sum() + expected.sum())
+    assert dice > 0.97  # the letterbox tolerance of the round trip above
+    full, whole = letterbox(mask.astype(np.float32), size)
+    assert np.array_equal(restore(full, whole, whole_box(h, w), (h, w)), unletterbox(full, whole))
+
+
+def test_crop_errors_name_the_problem() -> None:
+    with pytest.raises(CxrsslError, match=r"crop box \(0, 0, 21, 10\) is empty or outside"):
+        apply_crop(np.zeros((10, 20), np.float32), (0, 0, 21, 10))
+    with pytest.raises(CxrsslError, match="is empty or outside an image of 10x20"):
+        uncrop(np.zeros((0, 5), np.float32), (5, 5, 5, 5), (10, 20))
+    with pytest.raises(CxrsslError, match=r"does not match crop box \(2, 3, 12, 8\) \(5x10\)"):
+        uncrop(np.zeros((5, 9), np.float32), (2, 3, 12, 8), (10, 20))

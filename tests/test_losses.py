@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+import socket
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from monai.losses import ContrastiveLoss
 
@@ -16,6 +20,7 @@ from cxrssl.losses import (
     FocalTverskyLoss,
     LossError,
     NTXentLoss,
+    ProjectionHead,
     WeightedBCELoss,
     get_loss,
 )
@@ -165,3 +170,142 @@ def test_ntxent_properties() -> None:
         NTXentLoss()(eye, eye[:3])
     with pytest.raises(LossError, match=r"weight must be \(4,\), got \(3,\)"):
         NTXentLoss()(eye, eye, weight=torch.ones(3))
+
+
+def _ntxent_loops(v0: torch.Tensor, v1: torch.Tensor, t: float) -> list[float]:
+    """Per-anchor NT-Xent with explicit loops and no library similarity: anchors are
+    view0[0..B-1] then view1[0..B-1]; the positive of view0[i] is view1[i] and vice versa."""
+    z = [[float(x) for x in row] for row in torch.cat([v0, v1])]
+    b, n = v0.shape[0], 2 * v0.shape[0]
+
+    def cos(p: list[float], q: list[float]) -> float:
+        dot = sum(a * c for a, c in zip(p, q, strict=True))
+        return dot / (math.sqrt(sum(a * a for a in p)) * math.sqrt(sum(c * c for c in q)))
+
+    out = []
+    for k in range(n):
+        p = k + b if k < b else k - b
+        den = 0.0
+        for j in range(n):
+            if j != k:
+                den += math.exp(cos(z[k], z[j]) / t)
+        out.append(-(cos(z[k], z[p]) / t) + math.log(den))
+    return out
+
+
+def test_ntxent_mean_weighted_and_none_against_loops() -> None:
+    g = torch.Generator().manual_seed(7)
+    v0 = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    v1 = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    t = 0.3
+    ref = _ntxent_loops(v0, v1, t)
+    loss = NTXentLoss(temperature=t)
+    assert loss(v0, v1).item() == pytest.approx(sum(ref) / 6, abs=1e-9)
+    none = loss(v0, v1, reduction="none")
+    assert none.shape == (6,)
+    assert none.tolist() == pytest.approx(ref, abs=1e-9)
+    w = torch.tensor([0.5, 2.0, 0.0], dtype=torch.float64)
+    w2 = [0.5, 2.0, 0.0, 0.5, 2.0, 0.0]
+    weighted = sum(wi * li for wi, li in zip(w2, ref, strict=True)) / sum(w2)
+    assert loss(v0, v1, weight=w).item() == pytest.approx(weighted, abs=1e-9)
+    assert loss(v0, v1, weight=w, reduction="none").tolist() == pytest.approx(
+        [wi * li for wi, li in zip(w2, ref, strict=True)], abs=1e-9
+    )
+    # gather without a process group is the plain loss
+    assert not dist.is_initialized()
+    assert NTXentLoss(t, gather=True)(v0, v1).item() == loss(v0, v1).item()
+    with pytest.raises(LossError, match=r"reduction must be one of \('mean', 'none'\), got 'sum'"):
+        loss(v0, v1, reduction="sum")
+    assert get_loss("ntxent", gather=True).gather is True
+
+
+def test_projection_head_shapes_and_layers() -> None:
+    head = ProjectionHead(256)
+    assert head(torch.randn(4, 256)).shape == (4, 128)
+    linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(256, 512), (512, 128)]
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules()) == 1
+    three = ProjectionHead(8, hidden_dim=16, out_dim=4, layers=3)
+    assert three(torch.randn(5, 8)).shape == (5, 4)
+    assert sum(isinstance(m, torch.nn.Linear) for m in three.modules()) == 3
+    one = ProjectionHead(8, out_dim=4, layers=1)
+    assert [type(m) for m in one.net] == [torch.nn.Linear]
+    with pytest.raises(LossError, match="layers >= 1"):
+        ProjectionHead(8, layers=0)
+    with pytest.raises(LossError, match=r"\(B, D\) features, got \(2, 8, 1\)"):
+        head(torch.randn(2, 8, 1))
+
+
+WORLD, LOCAL_B, DIM, TEMP = 2, 3, 5, 0.2
+
+
+def _global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(11)
+    n = WORLD * LOCAL_B
+    v0 = torch.randn(n, DIM, generator=g, dtype=torch.float64)
+    v1 = v0 + 0.5 * torch.randn(n, DIM, generator=g, dtype=torch.float64)
+    w = torch.tensor([1.0, 0.2, 3.0, 0.5, 0.5, 2.0], dtype=torch.float64)  # unequal per rank
+    return v0, v1, w
+
+
+def _gather_worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
+    try:
+        v0, v1, w = _global_batch()
+        sl = slice(rank * LOCAL_B, (rank + 1) * LOCAL_B)
+        out: dict[str, torch.Tensor] = {}
+        for name, weight in (("plain", None), ("weighted", w[sl])):
+            a0, a1 = v0[sl].clone().requires_grad_(), v1[sl].clone().requires_grad_()
+            loss = NTXentLoss(TEMP, gather=True)(a0, a1, weight=weight)
+            loss.backward()
+            assert a0.grad is not None and a1.grad is not None
+            out[f"{name}_loss"] = loss.detach()
+            out[f"{name}_grad0"], out[f"{name}_grad1"] = a0.grad, a1.grad
+        out["none"] = NTXentLoss(TEMP, gather=True)(v0[sl], v1[sl], reduction="none")
+        torch.save(out, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="torch without gloo"
+)
+def test_ntxent_gather_two_gloo_processes_match_the_global_batch(tmp_path: Path) -> None:
+    # fork (where there is one) skips re-importing torch and MONAI in each worker (seconds)
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(
+        _gather_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, start_method=method
+    )
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    v0, v1, w = _global_batch()
+    n = WORLD * LOCAL_B
+    for name, weight in (("plain", None), ("weighted", w)):
+        a0, a1 = v0.clone().requires_grad_(), v1.clone().requires_grad_()
+        loss = NTXentLoss(TEMP)(a0, a1, weight=weight)
+        loss.backward()
+        assert a0.grad is not None and a1.grad is not None
+        # The ranks' losses average to the global loss.
+        mean = sum(r[f"{name}_loss"] for r in ranks) / WORLD
+        assert mean.item() == pytest.approx(loss.item(), abs=1e-6)
+        # DDP averages gradients over ranks: rank r's embedding gradient / WORLD is exactly
+        # its slice of the single-process gradient (so no rescaling of the loss is needed).
+        for r, got in enumerate(ranks):
+            sl = slice(r * LOCAL_B, (r + 1) * LOCAL_B)
+            torch.testing.assert_close(got[f"{name}_grad0"] / WORLD, a0.grad[sl], atol=1e-6, rtol=0)
+            torch.testing.assert_close(got[f"{name}_grad1"] / WORLD, a1.grad[sl], atol=1e-6, rtol=0)
+    # Per-anchor losses: rank r's view0 anchors then its view1 anchors, global negatives.
+    full = NTXentLoss(TEMP)(v0, v1, reduction="none")
+    for r, got in enumerate(ranks):
+        sl = slice(r * LOCAL_B, (r + 1) * LOCAL_B)
+        expected = torch.cat([full[sl], full[n:][sl]])
+        torch.testing.assert_close(got["none"], expected, atol=1e-6, rtol=0)

@@ -4,6 +4,7 @@ k-fold training with exact resume, prediction at the original size."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -12,14 +13,18 @@ import numpy as np
 import pytest
 import torch
 
+from cxrssl.anatomy import crop_box, lung_masks
 from cxrssl.data import DatasetWarning
 from cxrssl.errors import CxrsslError, DatasetError
+from cxrssl.geometry import apply_crop, letterbox, uncrop, unletterbox, whole_box
+from cxrssl.io import read_image, read_mask
 from cxrssl.losses import get_loss
 from cxrssl.nets import create_net
 from cxrssl.tasks import Predictor, SegConfig, train_seg
-from cxrssl.tasks.seg_data import draw_labelled, load_cache, open_folders
-from cxrssl.tasks.seg_task import SegmentationTask, postprocess, tune_threshold
-from cxrssl.train import Trainer, load_checkpoint
+from cxrssl.tasks.seg_data import draw_labelled, load_cache, open_folders, to_uint8
+from cxrssl.tasks.seg_task import SegmentationTask, postprocess, predict_probs, tune_threshold
+from cxrssl.tasks.segmentation import _score, original_masks, resolve_crop
+from cxrssl.train import Trainer, load_checkpoint, save_checkpoint
 
 SIZES = [(64, 56), (60, 64), (64, 64), (50, 64), (64, 48), (58, 60), (64, 60), (56, 64)]
 
@@ -274,3 +279,88 @@ def test_images_without_a_finding_are_counted_not_scored_one(tmp_path: Path) -> 
     blank = [r for r in rows if r.split(",")[1] in ("img1.png", "img6.png")]
     for row in blank:  # Dice 0 (false positives) or undefined (nothing predicted), never 1
         assert row.split(",")[3] in ("0.0", "nan")
+
+
+def test_lung_box_cache_records_each_crop_and_scores_at_the_full_size(tmp_path: Path) -> None:
+    images, masks = write_lungs(tmp_path / "data")
+    plain = load_cache(open_folders(images, masks), 32)
+    assert plain.crop == "none" and plain.crops == [whole_box(*s) for s in plain.shapes]
+    cache = load_cache(open_folders(images, masks), 32, crop="lung-box")
+    assert cache.crop == "lung-box"
+    for path, box, shape in zip(cache.paths, cache.crops, cache.shapes, strict=True):
+        image = read_image(path)
+        assert shape == image.shape and box == crop_box(lung_masks(image, "default"))
+    sub = cache.subset([4, 1])
+    assert (sub.crop, sub.crops, sub.shapes) == (
+        "lung-box",
+        [cache.crops[4], cache.crops[1]],
+        [cache.shapes[4], cache.shapes[1]],
+    )
+    # Perfect letterboxed probabilities return to the full image: the mask inside the box,
+    # nothing outside, so lung the box cuts off counts as missed against the full mask.
+    perfect = original_masks(cache.masks.float(), cache, 0.5, "none")
+    rows = _score(perfect, cache, "nan")
+    cut = 0
+    for i, (pred, path) in enumerate(zip(perfect, cache.mask_paths, strict=True)):
+        truth = read_mask(path, cache.shapes[i])
+        x0, y0, x1, y1 = cache.crops[i]
+        assert pred.shape == cache.shapes[i] and pred.sum() == pred[y0:y1, x0:x1].sum()
+        assert rows[i]["precision"] > 0.9
+        if truth.sum() > truth[y0:y1, x0:x1].sum():
+            cut += 1
+            assert rows[i]["sensitivity"] < 0.99
+    assert cut >= 1  # the rule-based boxes of the synthetic images do cut some lungs
+    with pytest.raises(CxrsslError, match="unknown crop 'lungs'; choose one of none, lung-box"):
+        load_cache(open_folders(images, masks), 32, crop="lungs")
+    with pytest.raises(CxrsslError, match="unknown crop 'box'"):
+        SegConfig(crop="box")
+
+
+def test_lung_box_training_and_prediction_crop_alike(tmp_path: Path) -> None:
+    images, masks = write_lungs(tmp_path / "data")
+    summary = train_seg(images, masks, tmp_path / "run", quick(epochs=1, crop="lung-box"))
+    assert summary["config"]["crop"] == "lung-box"
+    for name in ("best.pt", "last.pt"):
+        assert load_checkpoint(tmp_path / "run" / "fold_0" / name)["extra"]["crop"] == "lung-box"
+    assert "crop: lung-box" in (tmp_path / "run" / "fold_1" / "config.yaml").read_text()
+    for path in images.iterdir():
+        written = cv2.imread(str(tmp_path / "run" / "predictions" / path.name), 0)
+        assert written is not None and written.shape == read_image(path).shape
+    predictor = Predictor.load(tmp_path / "run", device="cpu")
+    assert predictor.crop == "lung-box"
+    image = read_image(images / "img4.png")
+    box = crop_box(lung_masks(image, "default"))
+    assert box != whole_box(*image.shape)  # the crop matters for this image
+    canvas, lb = letterbox(apply_crop(image, box), predictor.size)
+    x = torch.from_numpy(to_uint8(canvas))[None, None]
+    manual = uncrop(
+        unletterbox(predict_probs(predictor.models, x)[0, 0].numpy(), lb), box, image.shape
+    )
+    probs = predictor.probs(image)
+    assert probs.shape == image.shape and np.array_equal(probs, manual)
+    predictor.crop = "none"
+    assert not np.allclose(predictor.probs(image), probs)
+
+
+def test_init_checkpoint_crop_is_followed_unless_chosen(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    images, masks = write_lungs(tmp_path / "data")
+    weights = create_net("unet", features=(4, 8, 16)).state_dict()
+    encoder = {k[8:]: v for k, v in weights.items() if k.startswith("encoder.")}
+    init = tmp_path / "pre.pt"  # as pre-training with lung-box views writes it
+    save_checkpoint(init, {"encoder_state_dict": encoder, "extra": {"crop": "lung-box"}})
+    caplog.set_level(logging.INFO, logger="cxrssl.tasks.segmentation")
+    config = quick(epochs=1, folds=1, val_fraction=0.25, init=str(init))
+    assert config.crop is None
+    summary = train_seg(images, masks, tmp_path / "fine", config)
+    assert summary["config"]["crop"] == "lung-box"
+    assert load_checkpoint(tmp_path / "fine" / "fold_0" / "best.pt")["extra"]["crop"] == "lung-box"
+    said = [r for r in caplog.records if "crop lung-box: the --init checkpoint" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO
+    caplog.clear()
+    chosen = resolve_crop(quick(init=str(init), crop="none"))
+    assert chosen.crop == "none"
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "was trained with crop lung-box" in warned[0].getMessage()
+    assert resolve_crop(quick()).crop == "none"  # no init: no crop

@@ -1,7 +1,10 @@
-"""Letterbox geometry: aspect-preserving resize to a square and its exact inverse.
+"""Input geometry: an optional crop box, then an aspect-preserving resize to a square, and
+the inverse of both.
 
-Every image enters the models through :func:`letterbox` and every prediction leaves
-through :func:`unletterbox`, so predictions always return to each image's original size.
+Every image enters the models through :func:`apply_crop` (the whole image when nothing is cropped)
+and :func:`letterbox`, and every prediction leaves through :func:`restore`
+(:func:`unletterbox`, then :func:`uncrop` into a zero canvas of the original size), so
+predictions always return to each image's original size and place.
 """
 
 from __future__ import annotations
@@ -12,6 +15,10 @@ import cv2
 import numpy as np
 
 from cxrssl.errors import CxrsslError
+
+Box = tuple[int, int, int, int]
+"""A crop box ``(x0, y0, x1, y1)`` with exclusive ends: ``array[y0:y1, x0:x1]`` (the layout
+of ``cxrssl.anatomy.lung_box``)."""
 
 
 @dataclass(frozen=True)
@@ -129,3 +136,70 @@ def unletterbox(array: np.ndarray, box: Letterbox, interpolation: str = "linear"
         )
         return out
     return _resize(np.ascontiguousarray(inner), box.height, box.width, interpolation)
+
+
+def whole_box(height: int, width: int) -> Box:
+    """The box of a whole ``height`` x ``width`` image: ``(0, 0, width, height)``."""
+    return 0, 0, int(width), int(height)
+
+
+def check_box(box: Box, shape: tuple[int, ...]) -> Box:
+    """``box`` as four ints, checked to be non-empty and inside an image of ``shape`` (H, W).
+
+    Raises:
+        CxrsslError: A box of the wrong length, empty, or reaching outside the image.
+    """
+    if len(box) != 4:
+        raise CxrsslError(f"a crop box is (x0, y0, x1, y1), got {box!r}")
+    x0, y0, x1, y1 = (int(v) for v in box)
+    height, width = int(shape[0]), int(shape[1])
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise CxrsslError(f"crop box {box!r} is empty or outside an image of {height}x{width}")
+    return x0, y0, x1, y1
+
+
+def apply_crop(array: np.ndarray, box: Box) -> np.ndarray:
+    """``array[y0:y1, x0:x1]`` as a contiguous copy (the box checked against the array)."""
+    x0, y0, x1, y1 = check_box(box, array.shape)
+    return np.ascontiguousarray(array[y0:y1, x0:x1]).copy()
+
+
+def uncrop(array: np.ndarray, box: Box, shape: tuple[int, int]) -> np.ndarray:
+    """The exact inverse of :func:`apply_crop`: paste ``array`` (of the box's size) at ``box`` into
+    a zero canvas of ``shape`` (H, W) and ``array``'s dtype.
+
+    Raises:
+        CxrsslError: ``array`` is not the box's size, or the box is not inside ``shape``.
+    """
+    x0, y0, x1, y1 = check_box(box, shape)
+    if array.shape[:2] != (y1 - y0, x1 - x0):
+        raise CxrsslError(
+            f"array of shape {array.shape[:2]} does not match crop box {box!r} "
+            f"({y1 - y0}x{x1 - x0})"
+        )
+    canvas = np.zeros((int(shape[0]), int(shape[1]), *array.shape[2:]), dtype=array.dtype)
+    canvas[y0:y1, x0:x1] = array
+    return canvas
+
+
+def restore(
+    array: np.ndarray,
+    box: Letterbox,
+    crop_box: Box,
+    shape: tuple[int, int],
+    interpolation: str = "linear",
+) -> np.ndarray:
+    """Inverse of crop-then-letterbox: :func:`unletterbox` a (size, size) prediction to the
+    crop's size, then :func:`uncrop` it into a zero canvas of the original ``shape`` (H, W).
+
+    Args:
+        array: (size, size) probability map (float) or mask.
+        box: The letterbox of the cropped image.
+        crop_box: The crop box in the original image (:func:`whole_box` when uncropped).
+        shape: Original (H, W).
+        interpolation: ``"linear"`` for probabilities, ``"nearest"`` for labels.
+
+    Returns:
+        (H, W) array of ``array``'s dtype, zero outside ``crop_box``.
+    """
+    return uncrop(unletterbox(array, box, interpolation), crop_box, shape)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss, FocalLoss, TverskyLoss
 from torch import nn
@@ -136,6 +137,79 @@ class CombinedLoss(nn.Module):
         return total
 
 
+class ProjectionHead(nn.Module):
+    """The SimCLR projection MLP: ``layers - 1`` blocks of Linear-BN-ReLU, then a Linear.
+
+    Maps pooled encoder features (B, in_dim) to the (B, out_dim) embeddings that
+    :class:`NTXentLoss` compares (Chen et al. 2020). The hidden Linear layers have no bias
+    (the BatchNorm after them has one).
+
+    Args:
+        in_dim: Feature size.
+        hidden_dim: Width of the hidden layers.
+        out_dim: Embedding size.
+        layers: Number of Linear layers, >= 1 (1: a single Linear).
+    """
+
+    def __init__(
+        self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128, layers: int = 2
+    ) -> None:
+        super().__init__()
+        if layers < 1 or min(in_dim, hidden_dim, out_dim) < 1:
+            raise LossError(
+                f"projection head needs layers >= 1 and positive sizes, got in_dim={in_dim}, "
+                f"hidden_dim={hidden_dim}, out_dim={out_dim}, layers={layers}"
+            )
+        mods: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(layers - 1):
+            mods += [
+                nn.Linear(dim, hidden_dim, bias=False),
+                nn.BatchNorm1d(hidden_dim),
+                nn.ReLU(inplace=True),
+            ]
+            dim = hidden_dim
+        mods.append(nn.Linear(dim, out_dim))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_dim) -> (B, out_dim)."""
+        if x.ndim != 2:
+            raise LossError(f"projection head needs (B, D) features, got {tuple(x.shape)}")
+        out: torch.Tensor = self.net(x)
+        return out
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """``all_gather`` along dim 0 whose backward sums every rank's gradient of the gathered
+    tensor and returns this rank's slice (so each copy's gradient reaches its owner).
+
+    The same semantics as ``torch.distributed.nn.functional.all_gather`` (whose backward
+    reduce-scatters, or all-to-all + sum, the gradients), which this torch version
+    deprecates with a warning on every call; this works on every backend (gloo too)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        x = x.contiguous()
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x)
+        return torch.cat(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+NTXENT_REDUCTIONS = ("mean", "none")
+
+
 class NTXentLoss(nn.Module):
     """NT-Xent (normalised temperature-scaled cross entropy), the SimCLR loss.
 
@@ -145,44 +219,89 @@ class NTXentLoss(nn.Module):
     over the similarity matrix with its diagonal masked (Chen et al. 2020, "A Simple
     Framework for Contrastive Learning of Visual Representations", arXiv:2002.05709).
 
+    With ``gather=True`` in a torch.distributed process group of world size W > 1 (B
+    samples on every rank, N = W B in all), every rank's 2B local anchors are compared with
+    all 2N embeddings of the global batch, gathered with gradient (each gathered copy's
+    gradient is summed back to the rank that owns it). The global batch is ordered as one
+    process would see ``cat`` of the ranks' batches. Each rank returns the mean over its
+    local anchors, so the mean of the ranks' losses is the global loss; the gradient each
+    rank gets for its own embeddings is W times its slice of the global loss's gradient,
+    and DDP's averaging over ranks (dividing by W) thus yields exactly the single-process
+    gradient of the global batch: use the loss as is, with no rescaling. Without a process
+    group, or with W = 1, ``gather=True`` is the plain loss.
+
     Args:
         temperature: t, positive.
+        gather: Take negatives from every rank (see above).
     """
 
-    def __init__(self, temperature: float = 0.1) -> None:
+    def __init__(self, temperature: float = 0.1, gather: bool = False) -> None:
         super().__init__()
         if temperature <= 0:
             raise LossError(f"NT-Xent temperature must be positive, got {temperature}")
         self.temperature = temperature
+        self.gather = gather
 
     def forward(
-        self, view0: torch.Tensor, view1: torch.Tensor, weight: torch.Tensor | None = None
+        self,
+        view0: torch.Tensor,
+        view1: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        reduction: str = "mean",
     ) -> torch.Tensor:
-        """Scalar loss.
+        """The loss of the local anchors.
 
         Args:
             view0: embeddings of the first view, (B, D).
             view1: embeddings of the second view, (B, D).
-            weight: optional per-sample weights (B,); both anchors of sample i get weight[i]
-                and the result is the weighted mean of the 2B anchor losses.
+            weight: optional per-sample weights (B,); both anchors of sample i get
+                weight[i]. With ``"mean"`` the result is the weighted mean of the anchor
+                losses; gathered, ``W * sum_local(w l) / sum_global(w)`` (this rank's share
+                of the global weighted mean, so DDP's gradient is again exact; the global
+                weight sum is all-reduced without gradient).
+            reduction: ``"mean"`` (a scalar) or ``"none"``: the (2B,) losses of the view0
+                anchors then the view1 anchors, multiplied by their weights if given.
         """
-        if view0.ndim != 2 or view0.shape != view1.shape or view0.shape[0] < 2:
+        if reduction not in NTXENT_REDUCTIONS:
+            raise LossError(
+                f"NT-Xent reduction must be one of {NTXENT_REDUCTIONS}, got {reduction!r}"
+            )
+        distributed = self.gather and _distributed()
+        world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+        b = view0.shape[0] if view0.ndim else 0
+        if view0.ndim != 2 or view0.shape != view1.shape or b * world < 2 or b < 1:
             raise LossError(
                 f"NT-Xent needs two (B, D) views with B >= 2, got {tuple(view0.shape)} "
                 f"and {tuple(view1.shape)}"
             )
-        b = view0.shape[0]
-        z = F.normalize(torch.cat([view0, view1]), dim=1)
-        sim = z @ z.T / self.temperature
-        eye = torch.eye(2 * b, dtype=torch.bool, device=sim.device)
-        sim = sim.masked_fill(eye, float("-inf"))
-        pos = torch.arange(2 * b, device=sim.device).roll(b)  # k -> k + B, k + B -> k
-        if weight is None:
-            return F.cross_entropy(sim, pos)
-        if weight.shape != (b,):
+        if weight is not None and weight.shape != (b,):
             raise LossError(f"NT-Xent weight must be ({b},), got {tuple(weight.shape)}")
+        z0, z1 = F.normalize(view0, dim=1), F.normalize(view1, dim=1)
+        anchors = torch.cat([z0, z1])  # (2B, D)
+        n = b * world
+        if distributed:
+            both = _GatherWithGrad.apply(torch.stack([z0, z1], 1))  # (N, 2, D)
+            candidates = torch.cat([both[:, 0], both[:, 1]])  # (2N, D)
+        else:
+            candidates = anchors
+        sim = anchors @ candidates.T / self.temperature  # (2B, 2N)
+        local = torch.arange(b, device=sim.device) + rank * b  # global index of view0 anchors
+        own = torch.cat([local, local + n])  # each anchor's own column
+        pos = torch.cat([local + n, local])  # its other view's column
+        sim = sim.masked_fill(F.one_hot(own, 2 * n).bool(), float("-inf"))
+        if weight is None and reduction == "mean":
+            return F.cross_entropy(sim, pos)
+        losses = F.cross_entropy(sim, pos, reduction="none")  # (2B,)
+        if weight is None:
+            return losses
         w = torch.cat([weight, weight]).to(sim.dtype)
-        return (w * F.cross_entropy(sim, pos, reduction="none")).sum() / w.sum()
+        if reduction == "none":
+            return w * losses
+        if distributed:
+            total = w.sum().detach().clone()
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+            return world * (w * losses).sum() / total
+        return (w * losses).sum() / w.sum()
 
 
 def combined_loss(

@@ -5,7 +5,7 @@ In memory (training pipelines): ``lung_masks`` / ``lung_mask``, ``regions``,
 """
 
 from cxrssl.anatomy._image import AnatomyError
-from cxrssl.anatomy.crop import crop_image, lung_box
+from cxrssl.anatomy.crop import crop_box, crop_image, lung_box
 from cxrssl.anatomy.engine import KINDS, RunSummary, run_masks
 from cxrssl.anatomy.lungs import METHODS, LungMasks, lung_mask, lung_masks
 from cxrssl.anatomy.pathology import pathology_map
@@ -18,6 +18,7 @@ __all__ = [
     "AnatomyError",
     "LungMasks",
     "RunSummary",
+    "crop_box",
     "crop_image",
     "lung_box",
     "lung_mask",

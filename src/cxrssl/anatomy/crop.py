@@ -8,6 +8,10 @@ from cxrssl.anatomy.lungs import LungMasks
 
 Box = tuple[int, int, int, int]
 
+PAD_PX = 20  # the seed's padding, in pixels of a REFERENCE_SIDE image
+REFERENCE_SIDE = 224  # the seed pads after resizing to 224 px; pads scale with the long side
+MIN_RATIO = 0.5  # the seed's smallest crop side, as a fraction of the image side
+
 
 def lung_box(lungs: LungMasks | np.ndarray, pad: int = 20, min_ratio: float = 0.5) -> Box:
     """Bounding box of the lungs, padded and clipped to the image.
@@ -34,6 +38,15 @@ def lung_box(lungs: LungMasks | np.ndarray, pad: int = 20, min_ratio: float = 0.
     if x1 - x0 < min_ratio * width or y1 - y0 < min_ratio * height:
         return 0, 0, width, height
     return x0, y0, x1, y1
+
+
+def crop_box(lungs: LungMasks | np.ndarray) -> Box:
+    """The seed's option-4 lung box at any resolution: ``lung_box`` with the 20 px pad of a
+    224 px image scaled to this image's long side, minimum crop ratio 0.5, and the whole
+    image as the fallback. Pre-training views, fine-tuning and prediction all use it."""
+    mask = lungs.both if isinstance(lungs, LungMasks) else np.asarray(lungs)
+    pad = round(PAD_PX * max(mask.shape) / REFERENCE_SIDE)
+    return lung_box(mask, pad=pad, min_ratio=MIN_RATIO)
 
 
 def crop_image(image: np.ndarray, box: Box) -> np.ndarray:

@@ -24,6 +24,7 @@ from cxrssl.errors import CxrsslError
 VERBS = {
     "data": "data",
     "masks": "masks",
+    "pretrain": "pretrain",
     "train-seg": "train",
     "predict": "train",
     "evaluate-masks": "evaluate",

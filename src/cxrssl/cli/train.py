@@ -8,6 +8,7 @@ from typing import Any
 
 from cxrssl.metrics import EMPTY_CONVENTIONS
 from cxrssl.nets import NETS
+from cxrssl.tasks.seg_data import CROPS
 from cxrssl.tasks.seg_task import POSTPROCESS
 from cxrssl.tasks.segmentation import SegConfig, predict, train_seg
 
@@ -28,6 +29,15 @@ def register(sub: Any) -> None:
     p.add_argument("--model", default=_DEFAULT.model, choices=sorted(NETS), help="network")
     p.add_argument("--loss", default=_DEFAULT.loss, help="loss name (cxrssl.losses)")
     p.add_argument("--size", type=int, default=_DEFAULT.size, help="letterboxed input side")
+    p.add_argument(
+        "--crop",
+        choices=CROPS,
+        default=None,
+        help="crop each image and mask to its rule-based lung box (seed option 4) before "
+        "letterboxing: 'lung-box'; the checkpoint carries it, so predict crops the same way and "
+        "pastes masks back into the full image; metrics are always at the full size against the "
+        "full mask. Default: the --init checkpoint's crop, else 'none'",
+    )
     p.add_argument("--epochs", type=int, default=_DEFAULT.epochs, help="epochs per fold")
     p.add_argument("--batch-size", type=int, default=_DEFAULT.batch_size, help="batch size")
     p.add_argument("--lr", type=float, default=_DEFAULT.lr, help="peak learning rate")
@@ -83,7 +93,8 @@ def register(sub: Any) -> None:
 
     q = sub.add_parser(
         "predict",
-        help="write 0/255 PNG masks at each image's original size",
+        help="write 0/255 PNG masks at each image's original size (cropped as the model was "
+        "trained)",
         formatter_class=fmt,
     )
     q.add_argument(
@@ -105,6 +116,7 @@ def run_train_seg(args: argparse.Namespace) -> int:
         model_kwargs={"dropout": args.dropout} if args.dropout else {},
         loss=args.loss,
         size=args.size,
+        crop=args.crop,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,

@@ -66,6 +66,9 @@ class UNetEncoder(nn.Module):
     """Input normalisation and a pyramid of conv blocks, each halving the resolution
     after the first.
 
+    Implements the encoder interface of :mod:`cxrssl.nets.encoders` (``stem``, ``stages``,
+    ``out_channels``, ``reductions``) as the ``"unet"`` entry of its registry.
+
     Args:
         in_channels: Input channels (1 for a radiograph; more for 2.5D stacks or prior maps).
         features: Channels at each level, finest first.
@@ -93,6 +96,23 @@ class UNetEncoder(nn.Module):
     def reduction(self) -> int:
         """Ratio between the input side and the coarsest feature map's side."""
         return int(2 ** (len(self.blocks) - 1))
+
+    @property
+    def reductions(self) -> tuple[int, ...]:
+        """Input side / stage output side for each stage, finest first: (1, 2, 4, ...)."""
+        return tuple(2**i for i in range(len(self.blocks)))
+
+    @property
+    def stages(self) -> nn.ModuleList:
+        """The conv blocks (the same modules as :attr:`blocks`; the state dict keeps the
+        ``blocks.`` keys). ``forward(x)`` equals running them one after another on
+        ``stem(x)``."""
+        return self.blocks
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The input normalisation, everything before the first stage (parameter-free)."""
+        out: torch.Tensor = self.input_norm(x)
+        return out
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W) -> features [(B, F0, H, W), (B, F1, H/2, W/2), ...], H and W

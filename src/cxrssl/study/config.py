@@ -6,11 +6,13 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from cxrssl.errors import CxrsslError
+
+Config = TypeVar("Config", bound="StudyConfig")
 
 
 @dataclass
@@ -56,14 +58,15 @@ class StudyConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
-def load_config(path: Path | None) -> StudyConfig:
-    """Defaults, overridden by the keys of a YAML or JSON file.
+def load_settings(path: Path | None, kind: type[Config]) -> Config:
+    """Defaults of ``kind`` (``StudyConfig`` or a subclass), overridden by the keys of a
+    YAML or JSON file.
 
     Raises:
         CxrsslError: unreadable file, or a key that is not a setting (the message lists them).
     """
     if path is None:
-        return StudyConfig()
+        return kind()
     try:
         text = Path(path).read_text()
         data = json.loads(text) if Path(path).suffix == ".json" else yaml.safe_load(text)
@@ -71,8 +74,13 @@ def load_config(path: Path | None) -> StudyConfig:
         raise CxrsslError(f"{path}: cannot read the study config ({err})") from None
     if not isinstance(data, dict):
         raise CxrsslError(f"{path}: the study config must be a mapping of settings")
-    known = {f.name for f in dataclasses.fields(StudyConfig)}
+    known = {f.name for f in dataclasses.fields(kind)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise CxrsslError(f"{path}: unknown setting(s) {unknown}; known: {sorted(known)}")
-    return StudyConfig(**data)
+    return kind(**data)
+
+
+def load_config(path: Path | None) -> StudyConfig:
+    """:func:`load_settings` of the demo's :class:`StudyConfig`."""
+    return load_settings(path, StudyConfig)

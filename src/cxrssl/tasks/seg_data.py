@@ -1,4 +1,5 @@
-"""Segmentation data in memory: each file decoded once, letterboxed, kept as uint8 tensors.
+"""Segmentation data in memory: each file decoded once, optionally cropped to its lung box,
+letterboxed, kept as uint8 tensors.
 
 A hundred 512 px radiographs at 256 px take 6.5 MB, so the whole set lives in memory and
 batches are tensor slices: no decoding, no worker processes, augmentation on whole batches.
@@ -8,33 +9,66 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from cxrssl.anatomy import crop_box, lung_masks
 from cxrssl.data.datasets import FolderDataset
 from cxrssl.data.splits import resolve_patient_ids
-from cxrssl.errors import DatasetError
-from cxrssl.geometry import Letterbox, letterbox, letterbox_mask
+from cxrssl.errors import CxrsslError, DatasetError
+from cxrssl.geometry import Box, Letterbox, apply_crop, letterbox, letterbox_mask, whole_box
 from cxrssl.io import read_image, read_mask
 
 log = logging.getLogger(__name__)
 
+CROPS = ("none", "lung-box")
+"""Input crops: ``"none"`` (the whole image) or ``"lung-box"`` (the seed's option-4 box,
+``cxrssl.anatomy.crop_box`` of the rule-based lungs of the full-resolution image)."""
+
+
+def check_crop(crop: str) -> str:
+    """``crop`` if it is one of :data:`CROPS`.
+
+    Raises:
+        CxrsslError: Any other value.
+    """
+    if crop not in CROPS:
+        raise CxrsslError(f"unknown crop {crop!r}; choose one of {', '.join(CROPS)}")
+    return crop
+
+
+def input_box(image: np.ndarray, crop: str) -> Box:
+    """The box an (H, W) image is cropped to before letterboxing: the whole image for
+    ``"none"``; for ``"lung-box"`` the lung box of ``lung_masks(image, "default")`` at the
+    image's own resolution (the whole image when no plausible lungs are found)."""
+    check_crop(crop)
+    if crop == "none":
+        return whole_box(*image.shape[:2])
+    return crop_box(lung_masks(image, "default"))
+
 
 @dataclass
 class SegCache:
-    """Letterboxed images and masks of a data set.
+    """Cropped, letterboxed images and masks of a data set.
+
+    Row ``i`` is ``letterbox(apply_crop(image, crops[i]), S)``; ``restore(.., boxes[i],
+    crops[i], shapes[i])`` maps a prediction back to the original image.
 
     Attributes:
         images: (N, 1, S, S) uint8, image * 255 rounded.
         masks: (N, 1, S, S) uint8 in {0, 1}.
-        boxes: Letterbox of each image (to map predictions back).
+        boxes: Letterbox of each (cropped) image.
         paths: Image file of each row.
         mask_paths: Mask file of each row.
         patient_ids: Patient of each row (``None`` when unknown).
+        crop: The crop of every row (:data:`CROPS`).
+        crops: Crop box ``(x0, y0, x1, y1)`` of each row in its original image (the whole
+            image for ``"none"``); empty: the whole image of each letterbox.
+        shapes: Original (H, W) of each row; empty: the size of each letterbox's image.
     """
 
     images: torch.Tensor
@@ -43,6 +77,16 @@ class SegCache:
     paths: list[Path]
     mask_paths: list[Path]
     patient_ids: list[str | None]
+    crop: str = "none"
+    crops: list[Box] = field(default_factory=list)
+    shapes: list[tuple[int, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_crop(self.crop)
+        if not self.crops:
+            self.crops = [whole_box(b.height, b.width) for b in self.boxes]
+        if not self.shapes:
+            self.shapes = [(b.height, b.width) for b in self.boxes]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -58,6 +102,9 @@ class SegCache:
             [self.paths[i] for i in idx],
             [self.mask_paths[i] for i in idx],
             [self.patient_ids[i] for i in idx],
+            self.crop,
+            [self.crops[i] for i in idx],
+            [self.shapes[i] for i in idx],
         )
 
 
@@ -85,28 +132,46 @@ def open_folders(images: str | Path, masks: str | Path) -> FolderDataset:
     return ds.subset(keep)
 
 
-def load_cache(dataset: FolderDataset, size: int, mask: str = "mask") -> SegCache:
-    """Decode every image and its mask once and letterbox them to ``size``.
+def load_cache(
+    dataset: FolderDataset, size: int, mask: str = "mask", crop: str = "none"
+) -> SegCache:
+    """Decode every image and its mask once, crop both to the image's box (:func:`input_box`,
+    computed once here from the full-resolution image) and letterbox them to ``size``.
 
     Args:
         dataset: Records with a mask called ``mask``.
         size: Side of the square network input.
         mask: Mask name in the records.
+        crop: One of :data:`CROPS`.
 
     Raises:
         ImageReadError: An unreadable image or a mask of another size.
+        CxrsslError: An unknown ``crop``.
     """
+    check_crop(crop)
     n = len(dataset)
     images = np.zeros((n, 1, size, size), np.uint8)
     masks = np.zeros((n, 1, size, size), np.uint8)
-    boxes = []
+    boxes, crops, shapes = [], [], []
     for i, record in enumerate(dataset.records):
         image = read_image(record.image)
         target = read_mask(record.masks[mask], image.shape)
-        canvas, box = letterbox(image, size)
+        region = input_box(image, crop)
+        canvas, box = letterbox(apply_crop(image, region), size)
         images[i, 0] = to_uint8(canvas)
-        masks[i, 0] = letterbox_mask(target, box)
+        masks[i, 0] = letterbox_mask(apply_crop(target, region), box)
         boxes.append(box)
+        crops.append(region)
+        shapes.append((int(image.shape[0]), int(image.shape[1])))
+    if crop != "none":
+        whole = sum(c == whole_box(*s) for c, s in zip(crops, shapes, strict=True))
+        log.info(
+            "%s crop: %d of %d image(s) cropped, %d kept whole (no plausible lung box)",
+            crop,
+            n - whole,
+            n,
+            whole,
+        )
     return SegCache(
         torch.from_numpy(images),
         torch.from_numpy(masks),
@@ -114,6 +179,9 @@ def load_cache(dataset: FolderDataset, size: int, mask: str = "mask") -> SegCach
         [r.image for r in dataset.records],
         [r.masks[mask] for r in dataset.records],
         dataset.patient_ids(),
+        crop,
+        crops,
+        shapes,
     )
 
 

@@ -1,6 +1,11 @@
 """Supervised segmentation end to end: patient-level k-fold training, evaluation at each
 image's original size, and prediction with one model or a fold ensemble.
 
+With ``crop="lung-box"`` every image (and its mask) is cropped to its rule-based lung box
+before letterboxing, in training and in prediction alike (the checkpoint carries the crop);
+predictions are pasted back into the full image, and evaluation is always at the full size
+against the full mask, so lung outside the box counts as missed.
+
 Run folder of :func:`train_seg`::
 
     OUT/summary.json         per-fold and mean +- std metrics, the resolved config, the
@@ -18,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +36,7 @@ from cxrssl.data.datasets import index_files
 from cxrssl.data.splits import kfold, make_split, resolve_patient_ids
 from cxrssl.errors import CxrsslError, DatasetError, ImageReadError
 from cxrssl.files import write_text_atomic
-from cxrssl.geometry import letterbox, unletterbox
+from cxrssl.geometry import apply_crop, letterbox, restore, uncrop, unletterbox
 from cxrssl.io import IMAGE_SUFFIXES, read_image, read_mask, write_mask
 from cxrssl.losses import get_loss
 from cxrssl.metrics import (
@@ -44,8 +49,11 @@ from cxrssl.metrics import (
 )
 from cxrssl.nets import create_net
 from cxrssl.tasks.seg_data import (
+    CROPS,
     SegCache,
+    check_crop,
     draw_labelled,
+    input_box,
     load_cache,
     loader,
     open_folders,
@@ -77,6 +85,12 @@ class SegConfig:
         model_kwargs: Extra network arguments (``features``, ``dropout``, ``norm``...).
         loss: ``cxrssl.losses`` name.
         size: Side of the letterboxed network input.
+        crop: Input crop (``CROPS``): ``"none"`` (whole image) or ``"lung-box"`` (each image
+            and its mask cropped to the seed's option-4 box of its rule-based lungs before
+            letterboxing; the checkpoint carries it, so prediction crops the same way and
+            pastes back into the full image). ``None`` (the default) is auto: the crop in
+            the ``init`` checkpoint's ``extra``, else ``"none"``; :func:`train_seg` resolves
+            it before anything is written, so config.yaml and summary.json hold the value used.
         epochs: Training epochs per fold.
         batch_size: Images per batch.
         lr: Peak learning rate (AdamW, warm-up then cosine).
@@ -108,6 +122,7 @@ class SegConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     loss: str = "bce_dice"
     size: int = 256
+    crop: str | None = None
     epochs: int = 12
     batch_size: int = 8
     lr: float = 3e-3
@@ -128,6 +143,43 @@ class SegConfig:
     device: str = "auto"
     progress: bool = True
     tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.crop is not None:
+            check_crop(self.crop)
+
+
+def resolve_crop(config: SegConfig) -> SegConfig:
+    """``config`` with its crop decided (see ``SegConfig.crop``).
+
+    A crop left to auto follows the ``init`` checkpoint's ``extra["crop"]`` (pre-training
+    with lung-box views writes ``"lung-box"``), with one log line when that is a crop; a crop
+    chosen explicitly wins over a different one in the checkpoint, with a warning.
+    """
+    stored = None
+    if config.init:
+        extra = load_checkpoint(config.init).get("extra") or {}
+        stored = extra.get("crop") if isinstance(extra, dict) else None
+        if stored is not None and stored not in CROPS:
+            log.warning("--init %s names an unknown crop %r: ignored", config.init, stored)
+            stored = None
+    if config.crop is None:
+        crop = stored or "none"
+        if crop != "none":
+            log.info(
+                "crop %s: the --init checkpoint %s was trained with it (--crop none to override)",
+                crop,
+                config.init,
+            )
+        return replace(config, crop=crop)
+    if stored is not None and stored != config.crop:
+        log.warning(
+            "crop %s chosen, but the --init checkpoint %s was trained with crop %s",
+            config.crop,
+            config.init,
+            stored,
+        )
+    return config
 
 
 def _assign_folds(cache: SegCache, config: SegConfig) -> tuple[np.ndarray, int]:
@@ -173,11 +225,12 @@ def original_masks(
     probs: torch.Tensor, cache: SegCache, threshold: float, mode: str
 ) -> list[np.ndarray]:
     """Letterboxed probabilities (N, 1, S, S) -> post-processed {0, 1} masks at each image's
-    original size."""
-    return [
-        postprocess((unletterbox(probs[i, 0].numpy(), box) >= threshold).astype(np.uint8), mode)
-        for i, box in enumerate(cache.boxes)
-    ]
+    original size (thresholded at the crop's size, then pasted into the full image)."""
+    out = []
+    for i, box in enumerate(cache.boxes):
+        mask = (unletterbox(probs[i, 0].numpy(), box) >= threshold).astype(np.uint8)
+        out.append(postprocess(uncrop(mask, cache.crops[i], cache.shapes[i]), mode))
+    return out
 
 
 def _score(masks: list[np.ndarray], cache: SegCache, empty: str) -> list[dict[str, float]]:
@@ -258,6 +311,8 @@ def fit_fold(
     """Train on ``train``; keep the best epoch on ``val`` and tune the threshold there (the
     last epoch and 0.5 without ``val``); store the threshold in ``run_dir/best.pt``.
 
+    The checkpoints' ``extra`` records ``train.crop``, the crop the images were loaded with.
+
     Args:
         train: Training images and masks.
         val: Validation images and masks (epoch choice, threshold), or None.
@@ -273,6 +328,12 @@ def fit_fold(
             "a target sensitivity or early stopping needs validation patients (--val-fraction)"
         )
     check_empty(config.empty)
+    if config.crop is not None and config.crop != train.crop:
+        raise CxrsslError(
+            f"crop {config.crop} configured, but the images were loaded with crop {train.crop}"
+        )
+    if val is not None and val.crop != train.crop:
+        raise CxrsslError(f"validation images cropped {val.crop}, training images {train.crop}")
     device = resolve_device(config.device)
     net = _build_net(config, seed)
     task = SegmentationTask(
@@ -296,6 +357,7 @@ def fit_fold(
     spec = {"name": config.model, "kwargs": {**config.model_kwargs}}
     extra = {
         "size": config.size,
+        "crop": train.crop,
         "threshold": 0.5,
         "postprocess": config.postprocess,
         "tta": config.tta,
@@ -337,6 +399,9 @@ def train_seg(
 ) -> dict[str, Any]:
     """Train and cross-validate a segmentation model; write ``out`` (see the module doc).
 
+    The crop is resolved first (:func:`resolve_crop`); images and masks are cropped and
+    letterboxed once, and every prediction and metric is at each image's full size.
+
     Args:
         images: Folder of radiographs (patient ids from ``labels.csv`` beside it, if any).
         masks: Folder of 0/255 masks with the images' stems.
@@ -348,10 +413,11 @@ def train_seg(
     Returns:
         The summary also written to ``out/summary.json``.
     """
-    config = config or SegConfig()
+    config = resolve_crop(config or SegConfig())
+    assert config.crop is not None
     out = Path(out)
     check_empty(config.empty)
-    cache = load_cache(open_folders(images, masks), config.size)
+    cache = load_cache(open_folders(images, masks), config.size, crop=config.crop)
     pids = np.asarray(resolve_patient_ids(cache.patient_ids, [p.name for p in cache.paths]))
     cache.patient_ids = list(pids)
     assignment, n_folds = _assign_folds(cache, config)
@@ -451,7 +517,8 @@ def _summary(
 
 @dataclass
 class Predictor:
-    """One model or a fold ensemble with what it was trained with."""
+    """One model or a fold ensemble with what it was trained with: input size, crop
+    (``CROPS``; ``"none"`` for checkpoints that name none), threshold, post-processing, TTA."""
 
     models: list[nn.Module]
     size: int
@@ -459,11 +526,12 @@ class Predictor:
     postprocess: str
     tta: bool
     device: torch.device
+    crop: str = "none"
 
     @classmethod
     def load(cls, checkpoint: str | Path, device: str = "auto") -> Predictor:
         """From a ``best.pt`` file, or a run folder (every ``fold_*/best.pt``: an ensemble
-        whose threshold is the mean of the folds')."""
+        whose threshold is the mean of the folds'; they must share size and crop)."""
         path = Path(checkpoint)
         files = sorted(path.glob("fold_*/best.pt")) if path.is_dir() else [path]
         if not files:
@@ -483,6 +551,12 @@ class Predictor:
         sizes = {int(e.get("size", 256)) for e in extras}
         if len(sizes) > 1:
             raise CxrsslError(f"{path}: the folds were trained at different sizes {sorted(sizes)}")
+        crops = {str(e.get("crop", "none")) for e in extras}
+        if len(crops) > 1:
+            raise CxrsslError(
+                f"{path}: the folds were trained with different crops {sorted(crops)}"
+            )
+        crop = check_crop(crops.pop())
         threshold = float(np.mean([e.get("threshold", 0.5) for e in extras]))
         first = extras[0]
         return cls(
@@ -492,16 +566,21 @@ class Predictor:
             str(first.get("postprocess", "none")),
             bool(first.get("tta", False)),
             dev,
+            crop,
         )
 
     def probs(self, image: np.ndarray) -> np.ndarray:
-        """(H, W) float image in [0, 1] -> (H, W) float32 probabilities at the same size."""
-        canvas, box = letterbox(image, self.size)
+        """(H, W) float image in [0, 1] -> (H, W) float32 probabilities at the same size
+        (0 outside the crop box)."""
+        region = input_box(image, self.crop)
+        canvas, box = letterbox(apply_crop(image, region), self.size)
         x = torch.from_numpy(to_uint8(canvas))[None, None].to(self.device)
-        return unletterbox(predict_probs(self.models, x, self.tta)[0, 0].cpu().numpy(), box)
+        probs = predict_probs(self.models, x, self.tta)[0, 0].cpu().numpy()
+        return restore(probs, box, region, image.shape[:2])
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """(H, W) float image in [0, 1] -> (H, W) uint8 {0, 1} mask at the same size."""
+        """(H, W) float image in [0, 1] -> (H, W) uint8 {0, 1} mask at the same size (the
+        threshold > 0, so nothing outside the crop box)."""
         mask = (self.probs(image) >= self.threshold).astype(np.uint8)
         return postprocess(mask, self.postprocess)
 
@@ -510,7 +589,7 @@ def predict(
     checkpoint: str | Path, images: str | Path, out_dir: str | Path, device: str = "auto"
 ) -> tuple[list[Path], list[str]]:
     """Segment every image of a folder and write 0/255 PNG masks at each image's original
-    size, same stem, into ``out_dir``.
+    size, same stem, into ``out_dir`` (cropped as the checkpoint was trained, pasted back).
 
     Returns:
         (written mask files, one ``"path: problem"`` line per image that could not be read).
