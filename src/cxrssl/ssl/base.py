@@ -190,4 +190,5 @@ class ContrastiveMethod(nn.Module):
 
     def visuals(self, view: View) -> dict[str, torch.Tensor]:
         """Maps worth looking at for a view, each (B, 1, H, W) in [0, 1] (TensorBoard)."""
-        return {k: v.float().clamp(0, 1) for k, v in view.maps.items() if k != "regions"}
+        scale = {"regions": 6.0}  # labels 0..6 as grey levels
+        return {k: (v.float() / scale.get(k, 1.0)).clamp(0, 1) for k, v in view.maps.items()}

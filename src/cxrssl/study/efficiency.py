@@ -27,7 +27,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 SCRATCH = "scratch"
 WHOLE = "-whole"  # suffix: fine-tune the whole pre-trained U-Net (MedSASS end to end)
 MASK = "masks"
+PRETRAIN_CODE = ("cxrssl.tasks.pretraining",)  # computes a pre-training unit (with imports)
 
 
 @dataclass
@@ -78,6 +79,12 @@ class EfficiencyConfig(StudyConfig):
     pretrain_seed: int = 0
     pool_limit: int | None = None
     mask_workers: int = 1
+
+    def training_settings(self) -> dict[str, Any]:
+        """The fine-tuning settings only, so adding a method recomputes no finished unit (a
+        unit's checkpoint and data files are in its stamp)."""
+        own = {f.name for f in fields(EfficiencyConfig)} - {f.name for f in fields(StudyConfig)}
+        return {k: v for k, v in super().training_settings().items() if k not in own}
 
 
 def base_method(name: str) -> tuple[str, bool]:
@@ -314,7 +321,15 @@ def run_efficiency(config: EfficiencyConfig, out: str | Path) -> dict[str, Any]:
 
         pre_units = [Unit(b, None, config.pretrain_seed) for b in bases]
         settings = {"pretrain": config.pretrain, "size": config.size, "limit": config.pool_limit}
-        done = run_units(pre_units, pre, out / "pretrain", settings, data=pool.files, device=device)
+        done = run_units(
+            pre_units,
+            pre,
+            out / "pretrain",
+            settings,
+            data=pool.files,
+            device=device,
+            code=PRETRAIN_CODE,
+        )
         checkpoints = {u.method: done[u.key]["checkpoint"] for u in pre_units}
     timings["pre-training"] = time.perf_counter() - t
 

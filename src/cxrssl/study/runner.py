@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,17 +49,20 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         json.dump(payload, fh, indent=1, default=float)
 
 
-def provenance(data: Iterable[str | Path], device: str) -> dict[str, str]:
+def provenance(
+    data: Iterable[str | Path], device: str, code: Sequence[str] = UNIT_CODE
+) -> dict[str, str]:
     """What every unit depends on besides its settings (hashes the data files, once).
 
     Args:
         data: every file the units read (images and masks), in the order they are used.
         device: the resolved device, e.g. ``"cpu"`` or ``"cuda:0"``.
+        code: the modules that compute a unit (their imports are followed).
     """
     return {
         "data": file_manifest(data),
         "cxrssl": cxrssl.__version__,
-        "code": source_hash(modules_of(UNIT_CODE)),
+        "code": source_hash(modules_of(tuple(code))),
         "torch": torch.__version__,
         "device": device,
     }
@@ -84,6 +87,7 @@ def run_units(
     *,
     data: Iterable[str | Path],
     device: str,
+    code: Sequence[str] = UNIT_CODE,
 ) -> dict[str, dict[str, Any]]:
     """Compute each unit not already finished under ``folder/units``; return all results.
 
@@ -95,11 +99,12 @@ def run_units(
         data: every file the units read (images and masks); their content, not their
             names or folder, goes into the stamp.
         device: the resolved device the units run on.
+        code: the modules that compute a unit (default: segmentation units).
 
     Raises:
         OSError: a data file cannot be read.
     """
-    origin = provenance(data, device)
+    origin = provenance(data, device, code)
     stamp = fingerprint({"settings": dict(settings), **origin})
     results: dict[str, dict[str, Any]] = {}
     units = list(units)

@@ -152,9 +152,7 @@ def _grid(view: View, visuals: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """(3, n*H, (1+maps)*W) tiles: each image, then each map, one row per image."""
     n = min(SHOWN, view.image.shape[0])
     cols = [view.image[:n, :1].float()]
-    for value in visuals.values():
-        v = value[:n, :1].float()
-        cols.append(v / 6 if v.max() > 1 else v)  # region labels 0..6 as grey levels
+    cols += [value[:n, :1].float() for value in visuals.values()]
     rows = torch.cat([torch.cat(list(c), -1) for c in zip(*cols, strict=True)], -2)
     return rows.clamp(0, 1).expand(3, -1, -1).cpu()
 
