@@ -9,6 +9,8 @@ file misses instead of serving a stale result.
 - ``constants``: their UPPER_CASE module-level constants, read now (so a patched one counts).
 - ``file_manifest``: SHA-1 of (relative name, size, SHA-1 of bytes) of data files.
 - ``fingerprint``: a short, stable hash of JSON-serialisable settings (the stamp itself).
+- ``rules_key``: the fingerprint of a rule-based computation (settings, code, constants and the
+  image libraries' versions), shared by the anatomy and pool caches.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import importlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +195,27 @@ def fingerprint(settings: Any) -> str:
     """A short, stable hash of JSON-serialisable settings (key order does not matter)."""
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
     return hashlib.sha1(blob, usedforsecurity=False).hexdigest()[:16]
+
+
+def rules_key(modules: Sequence[str], settings: Mapping[str, Any]) -> str:
+    """The cache key of a rule-based image computation, the same for all its images.
+
+    Args:
+        modules: every cxrssl module that computes it (e.g. from :func:`modules_of`).
+        settings: what else the output depends on (kind, method, size, entry format...).
+
+    Returns:
+        The :func:`fingerprint` of the settings, the modules' source hash, their UPPER_CASE
+        constants read now, and the OpenCV, NumPy and pydicom versions.
+    """
+    import cv2
+    import numpy as np
+    import pydicom
+
+    parts = {
+        **settings,
+        "code": source_hash(tuple(modules)),
+        "constants": constants(modules),
+        "libraries": [cv2.__version__, np.__version__, pydicom.__version__],
+    }
+    return fingerprint(parts)

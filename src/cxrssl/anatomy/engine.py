@@ -36,7 +36,6 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
-import pydicom
 
 from cxrssl.anatomy._image import AnatomyError
 from cxrssl.anatomy.crop import lung_box
@@ -48,7 +47,7 @@ from cxrssl.errors import CxrsslError
 from cxrssl.files import atomic_open, write_bytes_atomic
 from cxrssl.io import is_image_file, read_gray8
 from cxrssl.parallel import pool_context
-from cxrssl.provenance import constants, fingerprint, modules_of, source_hash
+from cxrssl.provenance import modules_of, rules_key
 
 KINDS = ("lungs", "regions", "pathology", "crop")
 ENTRY_FORMAT = "2"  # layout of a cache entry (``_store``/``_lookup``): bump when it changes
@@ -122,16 +121,8 @@ def cache_key(kind: str, method: str) -> str:
     every cxrssl module they import, those modules' UPPER_CASE constants read now (so a
     changed or patched parameter misses) and the decoding/array library versions.
     """
-    modules = modules_of(CODE_ROOTS)
-    parts = {
-        "kind": kind,
-        "method": method,
-        "format": ENTRY_FORMAT,
-        "code": source_hash(modules),
-        "constants": constants(modules),
-        "libraries": [cv2.__version__, np.__version__, pydicom.__version__],
-    }
-    return fingerprint(parts)
+    settings = {"kind": kind, "method": method, "format": ENTRY_FORMAT}
+    return rules_key(modules_of(CODE_ROOTS), settings)
 
 
 def _encode_png(array: np.ndarray) -> bytes:

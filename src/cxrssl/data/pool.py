@@ -68,7 +68,6 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
-import pydicom
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
@@ -85,7 +84,7 @@ from cxrssl.files import write_bytes_atomic
 from cxrssl.geometry import Letterbox, apply_letterbox
 from cxrssl.io import is_image_file, read_gray8, read_mask
 from cxrssl.parallel import pool_context
-from cxrssl.provenance import constants, file_sha1, fingerprint, modules_of, source_hash
+from cxrssl.provenance import file_sha1, modules_of, rules_key
 
 __all__ = [
     "CODE_ROOTS",
@@ -347,16 +346,8 @@ def run_key(size: int, mask_source: str) -> str:
         mask_source: ``"rules"``, ``"otsu"`` or ``"folder"`` (the mask bytes go into each
             image's own key).
     """
-    modules = (*modules_of(CODE_ROOTS), __name__)
-    parts = {
-        "size": size,
-        "mask_source": mask_source,
-        "format": ENTRY_FORMAT,
-        "code": source_hash(modules),
-        "constants": constants(modules),
-        "libraries": [cv2.__version__, np.__version__, pydicom.__version__],
-    }
-    return fingerprint(parts)
+    settings = {"size": size, "mask_source": mask_source, "format": ENTRY_FORMAT}
+    return rules_key((*modules_of(CODE_ROOTS), __name__), settings)
 
 
 def canvas_box(box: Sequence[int], frame: Letterbox) -> np.ndarray:
