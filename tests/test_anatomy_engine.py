@@ -15,6 +15,7 @@ import cxrssl
 import cxrssl.anatomy.engine as engine
 import cxrssl.anatomy.rules as rules
 import cxrssl.files as files
+import cxrssl.provenance as provenance
 from cxrssl.anatomy import AnatomyError
 from cxrssl.anatomy.engine import CODE_ROOTS, cache_key, run_masks
 from cxrssl.provenance import modules_of
@@ -101,7 +102,7 @@ def test_changed_parameter_code_or_image_misses_the_cache(
         changed = run_masks(folder, tmp_path / "c", cache_dir=cache)
     assert changed.written == first.written and changed.cached == 0
     with monkeypatch.context() as patch:  # an edited source file of the computation
-        patch.setattr(engine, "source_hash", lambda modules: "edited")
+        patch.setattr(provenance, "source_hash", lambda modules: "edited")
         edited = run_masks(folder, tmp_path / "d", cache_dir=cache)
     assert edited.written == first.written and edited.cached == 0
     image = folder / "inverted.png"  # one rewritten image misses, the others hit
