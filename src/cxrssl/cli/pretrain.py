@@ -31,9 +31,10 @@ def register(sub: Any) -> None:
         type=Path,
         nargs="+",
         required=True,
+        metavar="DIR",
         help="folder(s) of unlabelled radiographs, in any layout `cxrssl data` reads",
     )
-    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder")
     p.add_argument("--encoder", default=d.encoder, help="unet, resnet18, resnet50, densenet121")
     p.add_argument("--size", type=int, default=d.size, help="side of the letterboxed views")
     p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the pool")

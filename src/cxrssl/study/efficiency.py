@@ -200,6 +200,8 @@ def _plot(summary: dict[str, Any], path: Path, k_order: list[str]) -> None:
                 label=method,
                 linestyle="--" if method == SCRATCH else "-",
             )
+        if test in summary.get("rules", {}):
+            ax.axhline(summary["rules"][test], color="grey", linestyle=":", label="rule-based")
         ax.set_xticks(range(len(k_order)), k_order)
         ax.set_xlabel("labelled images K")
         ax.set_ylabel("Dice (mean ± std over seeds)")
