@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from cxrssl.data.datasets import FolderDataset
-from cxrssl.data.pool import build_pool, drop_patients, open_sources
+from cxrssl.data.pool import Pool, build_pool, drop_patients, open_sources
 from cxrssl.data.splits import make_split, resolve_patient_ids, write_split_csv
 from cxrssl.files import atomic_open, write_bytes_atomic, write_text_atomic
 from cxrssl.metrics import aggregate, nanmean
@@ -98,7 +98,7 @@ def _crop(method: str) -> str:
     return "lung-box" if parse_method(base_method(method)[0])[1] else "none"
 
 
-def _pool(config: EfficiencyConfig, labelled: FolderDataset, side: np.ndarray) -> Any:
+def _pool(config: EfficiencyConfig, labelled: FolderDataset, side: np.ndarray) -> Pool:
     test_rows = np.flatnonzero(side == "test")
     ids = resolve_patient_ids(labelled.patient_ids())
     test_patients = sorted({ids[i] for i in test_rows if labelled.patient_ids()[i] is not None})

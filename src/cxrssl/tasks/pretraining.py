@@ -20,6 +20,7 @@ the input size in ``extra``: ``train-seg --init RUN/best.pt`` loads the encoder 
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -265,9 +266,9 @@ def build_method(config: PretrainConfig) -> nn.Module:
 
 def _write_failures(path: Path, failures: Sequence[tuple[str, str]]) -> None:
     with atomic_open(path, "w") as fh:
-        fh.write("file,reason\n")
-        for name, reason in failures:
-            fh.write(f'{name},"{reason.replace(chr(34), chr(39))}"\n')
+        writer = csv.writer(fh)
+        writer.writerow(["file", "reason"])
+        writer.writerows(failures)
 
 
 def pretrain(
