@@ -286,7 +286,7 @@ def test_ntxent_gather_two_gloo_processes_match_the_global_batch(tmp_path: Path)
     mp.start_processes(
         _gather_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, start_method=method
     )
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     v0, v1, w = _global_batch()
     n = WORLD * LOCAL_B
     for name, weight in (("plain", None), ("weighted", w)):
