@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from cxrssl.errors import CxrsslError
 from cxrssl.metrics import (
     METRIC_NAMES,
+    AucSummary,
     MetricError,
     _bootstrap_auc,
+    _bootstrap_roc_pr,
     aggregate,
     batch_metrics,
     binary_metrics,
     hausdorff95,
+    mean_auc,
     roc_auc_per_class,
     summarise,
     threshold_f1,
@@ -303,3 +307,114 @@ def test_hd95_matches_monai_on_random_shapes() -> None:
             assert hausdorff95(p, t, 0.5) == pytest.approx(_hausdorff95_monai(p, t, 0.5), abs=1e-4)
             checked += 1
     assert checked > 40
+
+
+def _two_classes() -> tuple[np.ndarray, np.ndarray]:
+    """120 rows, class b with 20 unknown labels, rounded scores (ties)."""
+    rng = np.random.default_rng(11)
+    y = (rng.random((120, 2)) < 0.35).astype(float)
+    s = np.round(rng.random((120, 2)) + y * np.array([0.5, 0.2]), 2)
+    y[:20, 1] = np.nan
+    return y, s
+
+
+def test_roc_auc_per_class_image_bootstrap_unchanged() -> None:
+    # Printed by the code before groups and PR AUC were added (cxrssl 0.2.0, commit fadec34),
+    # same call: the image bootstrap draws rng.integers(0, n, size=(b, n)) as it did.
+    y, s = _two_classes()
+    out = roc_auc_per_class(y, s, ["a", "b"], n_boot=200, seed=3)
+    assert (out["a"].auc, out["a"].ci_low, out["a"].ci_high) == (
+        0.8523754007577965,
+        0.7694405965128939,
+        0.9109641560438864,
+    )
+    assert (out["b"].auc, out["b"].ci_low, out["b"].ci_high) == (
+        0.6710526315789473,
+        0.578247549019608,
+        0.760546875,
+    )
+    assert out["a"].n_patients == 0
+
+
+def test_roc_auc_per_class_distinct_groups() -> None:
+    y, s = _two_classes()
+    image = roc_auc_per_class(y, s, ["a", "b"], n_boot=200, seed=3)
+    # Ids whose sorted order is the row order: each row its own cluster, coded 0..n-1, so the
+    # cluster draws are the image draws by construction.
+    ordered = roc_auc_per_class(
+        y, s, ["a", "b"], n_boot=200, seed=3, groups=[f"p{i:03d}" for i in range(120)]
+    )
+    assert ordered == {k: replace(v, n_patients=120 if k == "a" else 100) for k, v in image.items()}
+    shuffled = roc_auc_per_class(
+        y, s, ["a", "b"], n_boot=200, seed=3, groups=np.random.default_rng(0).permutation(120)
+    )
+    for k in "ab":
+        assert shuffled[k].auc == image[k].auc and shuffled[k].pr_auc == image[k].pr_auc
+        assert shuffled[k].ci_low == pytest.approx(image[k].ci_low, abs=0.05)
+        assert shuffled[k].ci_high == pytest.approx(image[k].ci_high, abs=0.05)
+
+
+def test_cluster_bootstrap_widens_ci_for_duplicated_rows() -> None:
+    rng = np.random.default_rng(4)
+    n_patients, copies = 40, 5
+    labels = np.repeat((rng.random(n_patients) < 0.4).astype(float), copies)
+    scores = np.repeat(rng.random(n_patients), copies) + 0.3 * labels
+    y, s = labels[:, None], scores[:, None]
+    patients = np.repeat([f"p{i:02d}" for i in range(n_patients)], copies)  # sorted: row order
+    image = roc_auc_per_class(y, s, ["x"], n_boot=400)["x"]
+    cluster = roc_auc_per_class(y, s, ["x"], n_boot=400, groups=patients)["x"]
+    assert cluster.auc == image.auc and cluster.n_patients == n_patients
+    assert cluster.ci_high - cluster.ci_low > 1.5 * (image.ci_high - image.ci_low)
+    assert cluster.pr_high - cluster.pr_low > 1.5 * (image.pr_high - image.pr_low)
+    # The cluster bootstrap of the duplicated rows is the image bootstrap of one row each.
+    once = roc_auc_per_class(y[::copies], s[::copies], ["x"], n_boot=400)["x"]
+    assert (cluster.ci_low, cluster.ci_high) == pytest.approx((once.ci_low, once.ci_high))
+    with pytest.raises(MetricError, match="3 group ids for 200 values"):
+        roc_auc_per_class(y, s, ["x"], groups=[1, 2, 3])
+
+
+def test_bootstrap_roc_pr_equals_sklearn_with_weights() -> None:
+    rng = np.random.default_rng(8)
+    n = 30
+    labels = rng.random(n) < 0.4
+    scores = np.round(rng.random(n) + 0.3 * labels, 1)
+    cluster = rng.integers(0, 12, n)
+    roc, ap = _bootstrap_roc_pr(scores, labels, 40, np.random.default_rng(1), cluster)
+    _, codes = np.unique(cluster, return_inverse=True)
+    k = int(codes.max()) + 1
+    pick = np.random.default_rng(1).integers(0, k, size=(40, k))
+    checked = 0
+    for b in range(40):
+        w = np.bincount(pick[b], minlength=k)[codes].astype(float)
+        if labels[w > 0].all() or not labels[w > 0].any():
+            assert math.isnan(roc[b]) and math.isnan(ap[b])
+            continue
+        assert roc[b] == pytest.approx(roc_auc_score(labels, scores, sample_weight=w), abs=1e-12)
+        assert ap[b] == pytest.approx(
+            average_precision_score(labels, scores, sample_weight=w), abs=1e-12
+        )
+        # Weights are repeated rows.
+        rep = np.repeat(np.arange(n), w.astype(int))
+        assert ap[b] == pytest.approx(average_precision_score(labels[rep], scores[rep]), abs=1e-12)
+        checked += 1
+    assert checked > 30
+
+
+def test_pr_auc_and_mean_auc() -> None:
+    rng = np.random.default_rng(2)
+    n = 200
+    y = (rng.random((n, 3)) < 0.3).astype(float)
+    s = rng.random((n, 3)) + y * np.array([0.6, 0.2, 0.0])
+    y[:30, 1] = np.nan
+    y[:, 2] = 0.0
+    out = roc_auc_per_class(y, s, ["a", "b", "c"], n_boot=300)
+    assert out["a"].pr_auc == pytest.approx(average_precision_score(y[:, 0], s[:, 0]))
+    assert out["b"].pr_auc == pytest.approx(average_precision_score(y[30:, 1], s[30:, 1]))
+    for k in "ab":
+        assert out[k].pr_low < out[k].pr_auc < out[k].pr_high
+    assert math.isnan(out["c"].pr_auc) and math.isnan(out["c"].pr_low)
+    assert mean_auc(out) == pytest.approx((out["a"].auc + out["b"].auc) / 2)
+    assert math.isnan(mean_auc({"c": out["c"]})) and math.isnan(mean_auc({}))
+    old_style = AucSummary(0.7, 0.6, 0.8, 10, 20)  # constructors without the new fields
+    assert math.isnan(old_style.pr_auc) and old_style.note == "" and old_style.n_patients == 0
+    assert list(old_style.as_dict())[-4:] == ["pr_auc", "pr_low", "pr_high", "n_patients"]

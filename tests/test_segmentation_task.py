@@ -350,7 +350,7 @@ def test_init_checkpoint_crop_is_followed_unless_chosen(
     encoder = {k[8:]: v for k, v in weights.items() if k.startswith("encoder.")}
     init = tmp_path / "pre.pt"  # as pre-training with lung-box views writes it
     save_checkpoint(init, {"encoder_state_dict": encoder, "extra": {"crop": "lung-box"}})
-    caplog.set_level(logging.INFO, logger="cxrssl.tasks.segmentation")
+    caplog.set_level(logging.INFO, logger="cxrssl.tasks.seg_data")  # crop_from_init
     config = quick(epochs=1, folds=1, val_fraction=0.25, init=str(init))
     assert config.crop is None
     summary = train_seg(images, masks, tmp_path / "fine", config)

@@ -40,7 +40,12 @@ import cv2
 import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
-from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 from cxrssl.errors import CxrsslError
 
@@ -86,7 +91,11 @@ class Summary:
 
 @dataclass(frozen=True)
 class AucSummary:
-    """ROC AUC of one class with its percentile-bootstrap CI; NaN with a ``note`` if undefined."""
+    """ROC AUC and PR AUC (average precision) of one class with percentile-bootstrap CIs.
+
+    Undefined values are NaN, with a ``note`` saying why. ``n_patients`` is the number of
+    patients the bootstrap resampled (0: it resampled images).
+    """
 
     auc: float
     ci_low: float
@@ -94,6 +103,10 @@ class AucSummary:
     n_pos: int
     n_neg: int
     note: str = ""
+    pr_auc: float = math.nan
+    pr_low: float = math.nan
+    pr_high: float = math.nan
+    n_patients: int = 0
 
     def as_dict(self) -> dict[str, float | int | str]:
         """Plain dict for JSON/CSV."""
@@ -448,31 +461,94 @@ def threshold_f1(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(thr[np.argmax(f1)])
 
 
-def _bootstrap_auc(
-    scores: np.ndarray, labels: np.ndarray, n_boot: int, rng: np.random.Generator
+def _resample_counts(
+    cluster: np.ndarray, n_clusters: int, b: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """ROC AUC of ``n_boot`` resamples at once (Mann-Whitney with ties); NaN for one-class ones.
+    """How often each row is drawn in ``b`` cluster resamples, (b, N) float.
 
-    Each resample is reduced to positive/negative counts per distinct score; AUC is
-    P(score_pos > score_neg) + P(tie) / 2, the value ``roc_auc_score`` gives on the resample.
+    Each resample draws ``n_clusters`` clusters with replacement; a row counts as often as its
+    cluster was drawn. With one cluster per row (``cluster = arange(N)``) this is the plain
+    bootstrap, from the same draws ``rng.integers(0, N, size=(b, N))``.
+    """
+    pick = rng.integers(0, n_clusters, size=(b, n_clusters))
+    flat = (np.arange(b)[:, None] * n_clusters + pick).ravel()
+    drawn = np.bincount(flat, minlength=b * n_clusters).reshape(b, n_clusters)
+    return drawn[:, cluster].astype(np.float64)
+
+
+def _bootstrap_roc_pr(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    n_boot: int,
+    rng: np.random.Generator,
+    cluster: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """ROC AUC and average precision of ``n_boot`` resamples at once; NaN for one-class ones.
+
+    Each resample is reduced to weighted positive/negative counts per distinct score (a row's
+    weight: how often it was drawn). ROC AUC is P(score_pos > score_neg) + P(tie) / 2 and
+    average precision is sum over thresholds of (recall gain) x precision: the values
+    ``roc_auc_score`` and ``average_precision_score`` give on the resample.
+
+    Args:
+        scores: (N,) scores.
+        labels: (N,) bool labels.
+        n_boot: resamples.
+        rng: generator of the draws.
+        cluster: (N,) integer cluster (patient) of each row for a cluster bootstrap; None
+            resamples rows.
+
+    Returns:
+        ROC AUC (n_boot,) and average precision (n_boot,).
     """
     n = scores.size
+    if cluster is None:
+        cluster, n_clusters = np.arange(n), n
+    else:
+        _, cluster = np.unique(cluster, return_inverse=True)
+        n_clusters = int(cluster.max()) + 1
     _, group = np.unique(scores, return_inverse=True)
     n_groups = int(group.max()) + 1
-    out = np.empty(n_boot)
+    roc, ap = np.empty(n_boot), np.empty(n_boot)
     chunk = max(1, 4_000_000 // n)
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
-        idx = rng.integers(0, n, size=(b, n))
-        flat = (np.arange(b)[:, None] * n_groups + group[idx]).ravel()
-        pos_w = labels[idx].ravel().astype(np.float64)
+        weight = _resample_counts(cluster, n_clusters, b, rng)
+        flat = (np.arange(b)[:, None] * n_groups + group[None, :]).ravel()
+        pos_w = (weight * labels).ravel()
+        neg_w = (weight * ~labels).ravel()
         pos = np.bincount(flat, weights=pos_w, minlength=b * n_groups).reshape(b, n_groups)
-        neg = np.bincount(flat, weights=1 - pos_w, minlength=b * n_groups).reshape(b, n_groups)
+        neg = np.bincount(flat, weights=neg_w, minlength=b * n_groups).reshape(b, n_groups)
+        n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
         neg_below = np.cumsum(neg, axis=1) - neg
         wins = (pos * (neg_below + 0.5 * neg)).sum(axis=1)
-        pairs = pos.sum(axis=1) * neg.sum(axis=1)
-        out[start : start + b] = np.divide(wins, pairs, out=np.full(b, np.nan), where=pairs > 0)
-    return out
+        pairs = n_pos * n_neg
+        roc[start : start + b] = np.divide(wins, pairs, out=np.full(b, np.nan), where=pairs > 0)
+        tp, fp = np.cumsum(pos[:, ::-1], axis=1), np.cumsum(neg[:, ::-1], axis=1)
+        precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
+        gain = (pos[:, ::-1] * precision).sum(axis=1)
+        ap[start : start + b] = np.divide(gain, n_pos, out=np.full(b, np.nan), where=pairs > 0)
+    return roc, ap
+
+
+def _bootstrap_auc(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    n_boot: int,
+    rng: np.random.Generator,
+    cluster: np.ndarray | None = None,
+) -> np.ndarray:
+    """ROC AUC of ``n_boot`` resamples (see :func:`_bootstrap_roc_pr`), (n_boot,)."""
+    return _bootstrap_roc_pr(scores, labels, n_boot, rng, cluster)[0]
+
+
+def _interval(boot: np.ndarray, ci: float) -> tuple[float, float]:
+    """Percentile interval of the finite values; NaN, NaN when there is none."""
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return math.nan, math.nan
+    low, high = np.quantile(boot, [(1 - ci) / 2, (1 + ci) / 2])
+    return float(low), float(high)
 
 
 def roc_auc_per_class(
@@ -482,12 +558,17 @@ def roc_auc_per_class(
     n_boot: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
+    *,
+    groups: Sequence[object] | np.ndarray | None = None,
 ) -> dict[str, AucSummary]:
-    """ROC AUC of each class (scikit-learn) with a percentile-bootstrap CI.
+    """ROC AUC and PR AUC of each class (scikit-learn) with percentile-bootstrap CIs.
 
-    Rows whose label is NaN (unknown, the torchxrayvision 1/0/NaN contract) are left out of
-    that class. A class with one label value only gets NaN and a note instead of an error.
-    Resamples holding one class only are dropped from the CI.
+    PR AUC is ``average_precision_score`` (step-wise, no interpolation). Rows whose label is
+    NaN (unknown, the torchxrayvision 1/0/NaN contract) are left out of that class. A class
+    with one label value only gets NaN and a note instead of an error. Both CIs come from the
+    same resamples; resamples holding one class only are dropped from them. With ``groups``
+    the bootstrap resamples patients (those with a known label of the class), each drawn
+    patient bringing all its rows; otherwise it resamples images.
 
     Args:
         y_true: labels (N, C) of 0/1/NaN.
@@ -496,9 +577,11 @@ def roc_auc_per_class(
         n_boot: bootstrap resamples per class.
         ci: coverage of the interval.
         seed: seed of the resampling.
+        groups: optional patient id of each row, for a cluster bootstrap; ``None`` or empty
+            entries are patients of their own.
 
     Raises:
-        MetricError: shapes or the number of names disagree.
+        MetricError: shapes, the number of names or of group ids disagree.
     """
     _check_ci(n_boot, ci)
     t, s = np.asarray(y_true, dtype=np.float64), np.asarray(y_score, dtype=np.float64)
@@ -506,6 +589,7 @@ def roc_auc_per_class(
         raise MetricError(
             f"y_true {t.shape} and y_score {s.shape} must both be (N, {len(class_names)})"
         )
+    cluster = _cluster_codes(groups, t.shape[0])
     rng = np.random.default_rng(seed)
     out: dict[str, AucSummary] = {}
     for c, name in enumerate(class_names):
@@ -518,9 +602,23 @@ def roc_auc_per_class(
             note = f"only {'negative' if n_pos == 0 else 'positive'} labels; AUC undefined"
             out[name] = AucSummary(math.nan, math.nan, math.nan, n_pos, n_neg, note)
             continue
-        auc = float(roc_auc_score(labels, scores))
-        boot = _bootstrap_auc(scores, labels.astype(bool), n_boot, rng)
-        boot = boot[~np.isnan(boot)]
-        low, high = np.quantile(boot, [(1 - ci) / 2, (1 + ci) / 2])
-        out[name] = AucSummary(auc, float(low), float(high), n_pos, n_neg)
+        rows = None if cluster is None else cluster[known]
+        roc, ap = _bootstrap_roc_pr(scores, labels.astype(bool), n_boot, rng, rows)
+        (low, high), (pr_low, pr_high) = _interval(roc, ci), _interval(ap, ci)
+        out[name] = AucSummary(
+            float(roc_auc_score(labels, scores)),
+            low,
+            high,
+            n_pos,
+            n_neg,
+            pr_auc=float(average_precision_score(labels, scores)),
+            pr_low=pr_low,
+            pr_high=pr_high,
+            n_patients=0 if rows is None else int(np.unique(rows).size),
+        )
     return out
+
+
+def mean_auc(results: Mapping[str, AucSummary]) -> float:
+    """Mean ROC AUC over the classes whose AUC is defined; NaN when none is."""
+    return nanmean([r.auc for r in results.values()])

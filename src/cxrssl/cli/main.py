@@ -27,6 +27,8 @@ VERBS = {
     "pretrain": "pretrain",
     "train-seg": "train",
     "predict": "train",
+    "train-cls": "classify",
+    "predict-cls": "classify",
     "evaluate-masks": "evaluate",
     "demo": "demo",
 }

@@ -400,6 +400,27 @@ def _read_table(
     return rows, list(label_columns)
 
 
+def read_labels_table(
+    path: Path,
+    images: Mapping[str, Path],
+    file_column: str | None = None,
+    patient_column: str | None = None,
+    label_columns: Sequence[str] | None = None,
+) -> tuple[dict[str, tuple[str | None, dict[str, float], dict[str, str]]], list[str]]:
+    """Rows of a labels CSV keyed by image stem: ``(patient id, labels, other columns)``,
+    and the label names (default: every column whose values are all 0, 1 or empty).
+
+    Columns are found as in :meth:`FolderDataset.from_folder`; rows without an image and
+    images without a row are each reported by one :class:`DatasetWarning`.
+
+    Raises:
+        DatasetError: a missing table or column, a duplicate row, a non-numeric label.
+    """
+    if not Path(path).is_file():
+        raise DatasetError(f"{path}: labels table not found")
+    return _read_table(Path(path), images, file_column, patient_column, label_columns)
+
+
 def read_patient_ids(path: str | Path, images: Mapping[str, Path]) -> dict[str, str | None]:
     """Patient id of each image stem from a labels or split CSV (a file and a patient column).
 

@@ -12,7 +12,7 @@ import yaml
 
 from cxrssl.errors import CxrsslError
 
-Config = TypeVar("Config", bound="StudyConfig")
+Config = TypeVar("Config")  # a dataclass of settings
 
 
 @dataclass
@@ -59,8 +59,8 @@ class StudyConfig:
 
 
 def load_settings(path: Path | None, kind: type[Config]) -> Config:
-    """Defaults of ``kind`` (``StudyConfig`` or a subclass), overridden by the keys of a
-    YAML or JSON file.
+    """Defaults of ``kind`` (a dataclass of settings: ``StudyConfig``, a subclass, or a
+    study's own), overridden by the keys of a YAML or JSON file.
 
     Raises:
         CxrsslError: unreadable file, or a key that is not a setting (the message lists them).
@@ -74,7 +74,7 @@ def load_settings(path: Path | None, kind: type[Config]) -> Config:
         raise CxrsslError(f"{path}: cannot read the study config ({err})") from None
     if not isinstance(data, dict):
         raise CxrsslError(f"{path}: the study config must be a mapping of settings")
-    known = {f.name for f in dataclasses.fields(kind)}
+    known = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - known)
     if unknown:
         raise CxrsslError(f"{path}: unknown setting(s) {unknown}; known: {sorted(known)}")

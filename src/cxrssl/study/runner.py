@@ -31,14 +31,18 @@ UNIT_CODE = ("cxrssl.study.units",)  # the modules that compute a unit (and thei
 
 @dataclass(frozen=True)
 class Unit:
-    """One cell of the label-efficiency grid. ``n_labelled`` None means every training image."""
+    """One cell of a label-efficiency grid: ``n_labelled`` images (None: every training
+    image), or a ``fraction`` of the training patients' labels."""
 
     method: str
     n_labelled: int | None
     seed: int
+    fraction: float | None = None
 
     @property
     def key(self) -> str:
+        if self.fraction is not None:
+            return f"{self.method}__f{self.fraction:g}__seed{self.seed}"
         k = "all" if self.n_labelled is None else str(self.n_labelled)
         return f"{self.method}__k{k}__seed{self.seed}"
 

@@ -22,6 +22,7 @@ from cxrssl.data.splits import resolve_patient_ids
 from cxrssl.errors import CxrsslError, DatasetError
 from cxrssl.geometry import Box, Letterbox, apply_crop, letterbox, letterbox_mask, whole_box
 from cxrssl.io import read_image, read_mask
+from cxrssl.train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,41 @@ def check_crop(crop: str) -> str:
     """
     if crop not in CROPS:
         raise CxrsslError(f"unknown crop {crop!r}; choose one of {', '.join(CROPS)}")
+    return crop
+
+
+def crop_from_init(init: str | Path | None, crop: str | None) -> str:
+    """The crop of a run: ``crop`` when chosen, else the one the ``init`` checkpoint was
+    trained with (``extra["crop"]``; pre-training with lung-box views writes ``"lung-box"``),
+    else ``"none"``.
+
+    A crop taken from the checkpoint is logged; a chosen crop that differs from the
+    checkpoint's wins, with a warning.
+    """
+    stored = None
+    if init:
+        extra = load_checkpoint(init).get("extra") or {}
+        stored = extra.get("crop") if isinstance(extra, dict) else None
+        if stored is not None and stored not in CROPS:
+            log.warning("--init %s names an unknown crop %r: ignored", init, stored)
+            stored = None
+    if crop is None:
+        chosen = stored or "none"
+        if chosen != "none":
+            log.info(
+                "crop %s: the --init checkpoint %s was trained with it (--crop none to override)",
+                chosen,
+                init,
+            )
+        return chosen
+    check_crop(crop)
+    if stored is not None and stored != crop:
+        log.warning(
+            "crop %s chosen, but the --init checkpoint %s was trained with crop %s",
+            crop,
+            init,
+            stored,
+        )
     return crop
 
 

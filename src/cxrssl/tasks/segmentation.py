@@ -49,9 +49,9 @@ from cxrssl.metrics import (
 )
 from cxrssl.nets import create_net
 from cxrssl.tasks.seg_data import (
-    CROPS,
     SegCache,
     check_crop,
+    crop_from_init,
     draw_labelled,
     input_box,
     load_cache,
@@ -150,36 +150,9 @@ class SegConfig:
 
 
 def resolve_crop(config: SegConfig) -> SegConfig:
-    """``config`` with its crop decided (see ``SegConfig.crop``).
-
-    A crop left to auto follows the ``init`` checkpoint's ``extra["crop"]`` (pre-training
-    with lung-box views writes ``"lung-box"``), with one log line when that is a crop; a crop
-    chosen explicitly wins over a different one in the checkpoint, with a warning.
-    """
-    stored = None
-    if config.init:
-        extra = load_checkpoint(config.init).get("extra") or {}
-        stored = extra.get("crop") if isinstance(extra, dict) else None
-        if stored is not None and stored not in CROPS:
-            log.warning("--init %s names an unknown crop %r: ignored", config.init, stored)
-            stored = None
-    if config.crop is None:
-        crop = stored or "none"
-        if crop != "none":
-            log.info(
-                "crop %s: the --init checkpoint %s was trained with it (--crop none to override)",
-                crop,
-                config.init,
-            )
-        return replace(config, crop=crop)
-    if stored is not None and stored != config.crop:
-        log.warning(
-            "crop %s chosen, but the --init checkpoint %s was trained with crop %s",
-            config.crop,
-            config.init,
-            stored,
-        )
-    return config
+    """``config`` with its crop decided (see ``SegConfig.crop`` and
+    :func:`cxrssl.tasks.seg_data.crop_from_init`)."""
+    return replace(config, crop=crop_from_init(config.init, config.crop))
 
 
 def _assign_folds(cache: SegCache, config: SegConfig) -> tuple[np.ndarray, int]:
