@@ -396,11 +396,14 @@ def _focus(
 def _focus_montage(
     rows: list[dict[str, Any]], pictures: list[np.ndarray], names: Sequence[str], path: Path
 ) -> None:
-    """Grad-CAM of the 4 most and 4 least lung-focused scored images (first label with
-    the most scored positives), as one PNG."""
+    """Grad-CAM of the 4 most and the 4 least lung-focused images (of the label with the most
+    positives; images whose map is all zero have no focus and are left out), as one PNG."""
     shares = np.array([r["lung_focus"] for r in rows], np.float64)
-    order = np.argsort(np.nan_to_num(shares, nan=-1.0))
-    picks = list(order[::-1][:4]) + list(order[:4])
+    finite = np.flatnonzero(np.isfinite(shares))  # an all-zero map has no focus
+    if not finite.size:
+        return
+    order = finite[np.argsort(shares[finite])]
+    picks = list(order[::-1][:4]) + list(order[: min(4, max(len(order) - 4, 0))])
     tiles = []
     for i in picks:
         stack = pictures[i]
