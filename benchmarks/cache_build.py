@@ -8,14 +8,16 @@ batches from those entries. This script measures, in one run:
    file in one thread (OpenCV and torch at one thread: the floor for any tool), then a
    fresh ``build_pool`` into an empty cache folder with ``--workers`` processes (all cores
    by default), then (``--single``, on by default) the same with ``workers=1``. Reported:
-   images/s of each and build time / decode time.
+   images/s of each and build time / decode time; and, with several workers, the time of
+   a build of as many images as workers (the cost of starting the processes).
 2. Memory, for every N of ``--sizes`` (default 1,000 and 10,000 images): a new Python
    process builds a fresh pool of the first N images (``--workers`` processes, empty cache)
    and then streams one epoch of ``pool_loader`` over it (``--loader-workers``,
    ``--batch-size``). A thread in that process samples the resident memory of its whole
    process tree (itself, the forkserver, the build and loader workers; the sum of VmRSS,
-   and of Pss, which counts pages shared between the workers once) every ``--interval``
-   seconds, per phase (after the imports, build, stream); at the end it reads its own
+   every ``--interval`` seconds, and of Pss, which counts pages shared between the workers
+   once, every ``--pss-interval`` seconds: reading it costs the kernel a few ms a process),
+   per phase (after the imports, build, stream); at the end it reads its own
    ``ru_maxrss`` (the exact peak of the process that holds the pool's metadata; the
    workers are children of the forkserver, not of this process, so ``RUSAGE_CHILDREN``
    would not see them: the sampled tree covers them). Reported:
@@ -167,48 +169,80 @@ def _kib(path: str, field: str) -> int:
     return 0
 
 
-def tree_memory(root: int) -> tuple[int, int]:
-    """(sum of VmRSS, sum of Pss) of ``root``'s process tree, in bytes."""
+def tree_memory(root: int, pss: bool = True) -> tuple[int, int, int]:
+    """(sum of VmRSS, sum of Pss or 0, VmRSS of ``root``) of ``root``'s process tree, bytes.
+
+    VmRSS costs ~0.1 ms a process; Pss (``smaps_rollup``: the kernel walks the page tables)
+    ~2-3 ms a process holding torch, hence sampled less often.
+    """
     pids = _descendants(root)
-    rss = sum(_kib(f"/proc/{p}/status", "VmRSS:") for p in pids)
-    pss = sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids)
-    return rss * 1024, pss * 1024
+    sizes = [_kib(f"/proc/{p}/status", "VmRSS:") for p in pids]
+    shared = sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids) if pss else 0
+    return sum(sizes) * 1024, shared * 1024, sizes[0] * 1024
+
+
+def reset_peak() -> bool:
+    """Reset this process's VmHWM (its peak RSS) to its current RSS; False when refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
 
 
 class Sampler(threading.Thread):
-    """Samples this process tree's memory every ``interval`` s; keeps the peak per phase."""
+    """Samples this process tree's RSS every ``interval`` s and its PSS about every
+    ``pss_interval`` s (and at every phase change); keeps the peaks per phase.
 
-    def __init__(self, interval: float) -> None:
+    The peak of this process alone (``main``) is exact: its VmHWM, reset at every phase
+    change (``/proc/self/clear_refs``; the sampled VmRSS where that is refused).
+    """
+
+    def __init__(self, interval: float, pss_interval: float) -> None:
         super().__init__(daemon=True)
         self.interval = interval
+        self.pss_every = max(1, round(pss_interval / interval))
         self.phase = "baseline"
         self.peaks: dict[str, dict[str, int]] = {}
         self.samples = 0
         self._stop_event = threading.Event()
         self._lock = threading.Lock()
+        self.exact = reset_peak()
 
-    def sample(self) -> None:
-        rss, pss = tree_memory(os.getpid())
+    def sample(self, pss: bool = True) -> None:
+        rss, pss_bytes, own = tree_memory(os.getpid(), pss)
         with self._lock:
-            peak = self.peaks.setdefault(self.phase, {"rss": 0, "pss": 0})
+            peak = self.peaks.setdefault(self.phase, {"rss": 0, "pss": 0, "main": 0})
             peak["rss"] = max(peak["rss"], rss)
-            peak["pss"] = max(peak["pss"], pss)
+            peak["pss"] = max(peak["pss"], pss_bytes)
+            peak["main"] = max(peak["main"], own)
             self.samples += 1
 
+    def _close_phase(self) -> None:
+        """The end of the current phase: a last sample and the exact peak of this process."""
+        self.sample()
+        if self.exact:
+            hwm = _kib("/proc/self/status", "VmHWM:") * 1024
+            with self._lock:
+                peak = self.peaks[self.phase]
+                peak["main"] = max(peak["main"], hwm)
+            reset_peak()
+
     def enter(self, phase: str) -> None:
-        self.sample()  # the end of the phase before
+        self._close_phase()
         with self._lock:
             self.phase = phase
         self.sample()
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval):
-            self.sample()
+            self.sample(pss=self.samples % self.pss_every == 0)
 
     def stop(self) -> None:
         self._stop_event.set()
         self.join()
-        self.sample()
+        self._close_phase()
 
 
 def _first(dataset: FolderDataset, n: int) -> FolderDataset:
@@ -218,7 +252,7 @@ def _first(dataset: FolderDataset, n: int) -> FolderDataset:
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Build a fresh pool of the first ``spec["n"]`` images, stream one epoch (runs in its
     own process, so that the peaks are this N's alone)."""
-    sampler = Sampler(spec["interval"])
+    sampler = Sampler(spec["interval"], spec["pss_interval"])
     sampler.start()
     dataset = _first(open_sources(spec["images"]), spec["n"])
     sampler.enter("build")
@@ -252,6 +286,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "build_tree_pss_mib": sampler.peaks["build"]["pss"] / MIB,
         "stream_tree_rss_mib": sampler.peaks["stream"]["rss"] / MIB,
         "stream_tree_pss_mib": sampler.peaks["stream"]["pss"] / MIB,
+        "build_main_rss_mib": sampler.peaks["build"]["main"] / MIB,
+        "stream_main_rss_mib": sampler.peaks["stream"]["main"] / MIB,
+        "main_peak_exact": sampler.exact,
         "main_maxrss_mib": own / MIB,
         "samples": sampler.samples,
     }
@@ -335,33 +372,49 @@ def table(result: dict[str, Any]) -> str:
         lines.append(
             f"{name:<30} {r['seconds']:8.2f} {r['images_per_s']:9.1f} {r['seconds'] / decode:14.2f}"
         )
+    if "startup" in t:
+        s = t["startup"]
+        lines.append(
+            f"(of which start-up: a build of {s['pool_images']} image(s) with {s['workers']} "
+            f"workers takes {s['seconds']:.2f} s)"
+        )
     m = result["memory"]
     lines += [
         "",
-        f"peak memory (MiB), fresh process per N: build with {result['workers']} worker(s), "
+        f"peak memory (MiB), a fresh process per N: build with {result['workers']} worker(s), "
         f"then one epoch of pool_loader (batch {result['batch_size']}, "
-        f"{result['loader_workers']} worker(s)); tree = the process and all its children",
-        f"{'N':>7} {'build s':>8} {'img/s':>6} {'stream s':>9} {'imports':>8} {'build tree':>11} "
-        f"{'(pss)':>7} {'stream tree':>12} {'(pss)':>7} {'main peak':>10}",
+        f"{result['loader_workers']} worker(s))",
+        "tree: the process and all its children, sampled (RSS sum; PSS sum); main: the "
+        "process alone (holds the pool's rows), exact peak per phase",
+        f"{'':21} {' build ':-^23} {' stream ':-^23}",
+        f"{'N':>7} {'s':>6} {'img/s':>6} {'main':>7} {'tree':>7} {'pss':>7} "
+        f"{'main':>7} {'tree':>7} {'pss':>7} {'s':>6}",
     ]
     for r in m["runs"]:
         lines.append(
-            f"{r['n']:>7} {r['build_s']:8.1f} {r['build_images_per_s']:6.1f} {r['stream_s']:9.1f} "
-            f"{r['baseline_tree_rss_mib']:8.0f} {r['build_tree_rss_mib']:11.0f} "
-            f"{r['build_tree_pss_mib']:7.0f} {r['stream_tree_rss_mib']:12.0f} "
-            f"{r['stream_tree_pss_mib']:7.0f} {r['main_maxrss_mib']:10.0f}"
+            f"{r['n']:>7} {r['build_s']:6.1f} {r['build_images_per_s']:6.1f} "
+            f"{r['build_main_rss_mib']:7.1f} {r['build_tree_rss_mib']:7.0f} "
+            f"{r['build_tree_pss_mib']:7.0f} {r['stream_main_rss_mib']:7.1f} "
+            f"{r['stream_tree_rss_mib']:7.0f} {r['stream_tree_pss_mib']:7.0f} {r['stream_s']:6.1f}"
         )
+    if m["runs"]:
+        lines.append(f"(main after the imports: {m['runs'][0]['baseline_tree_rss_mib']:.0f} MiB)")
     if len(m["runs"]) > 1:
         lo, hi = m["runs"][0]["n"], m["runs"][-1]["n"]
         ratio = m["ratio"]
         growth = m["growth_kib_per_image"]
+        names = {
+            "build_main_rss": "build main",
+            "build_tree_rss": "build tree",
+            "stream_main_rss": "stream main",
+            "stream_tree_rss": "stream tree",
+        }
         lines += [
-            f"ratio N={hi} / N={lo}: build tree {ratio['build_tree_rss']:.2f}, stream tree "
-            f"{ratio['stream_tree_rss']:.2f}, main peak {ratio['main_maxrss']:.2f} "
-            f"(flat: < {FLAT_TARGET}: {'yes' if m['flat'] else 'NO'})",
-            f"growth per added image: build tree {growth['build_tree_rss']:.1f} KiB, "
-            f"stream tree {growth['stream_tree_rss']:.1f} KiB, main peak "
-            f"{growth['main_maxrss']:.1f} KiB",
+            f"ratio N={hi} / N={lo}: "
+            + ", ".join(f"{v} {ratio[k]:.3f}" for k, v in names.items())
+            + f" (flat, all < {FLAT_TARGET}: {'yes' if m['flat'] else 'NO'})",
+            "growth per added image: "
+            + ", ".join(f"{v} {growth[k]:.2f} KiB" for k, v in names.items()),
         ]
     return "\n".join(lines)
 
@@ -404,7 +457,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--gen-workers", type=int, default=None, help="processes writing images (all cores)"
     )
-    parser.add_argument("--interval", type=float, default=0.05, help="memory sampling period, s")
+    parser.add_argument("--interval", type=float, default=0.1, help="RSS sampling period, s")
+    parser.add_argument(
+        "--pss-interval", type=float, default=1.0, help="PSS sampling period, s (costlier)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -418,6 +474,8 @@ def ratios(runs: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, 
         "stream_tree_rss": "stream_tree_rss_mib",
         "build_tree_pss": "build_tree_pss_mib",
         "stream_tree_pss": "stream_tree_pss_mib",
+        "build_main_rss": "build_main_rss_mib",
+        "stream_main_rss": "stream_main_rss_mib",
         "main_maxrss": "main_maxrss_mib",
     }
     added = max(1, hi["n"] - lo["n"])
@@ -467,11 +525,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 builds.append(timed_build(part, args.size, cache_root / "one", 1))
             for b in builds:
                 b["ratio_to_decode"] = b["seconds"] / decode_s
-            throughput = {
+            throughput: dict[str, Any] = {
                 "n": len(part),
                 "decode": {"seconds": decode_s, "images_per_s": len(part) / decode_s},
                 "builds": builds,
             }
+            if workers > 1:  # what a build pays before its first image: the processes
+                startup = _first(dataset, workers)
+                throughput["startup"] = timed_build(startup, args.size, cache_root / "s", workers)
             # memory, a fresh process per N
             runs = []
             for n in sizes:
@@ -486,6 +547,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     "loader_workers": loader_workers,
                     "batch_size": args.batch_size,
                     "interval": args.interval,
+                    "pss_interval": args.pss_interval,
                 }
                 run = run_measure(spec)
                 run["entries"] = entries_in(cache)
@@ -503,7 +565,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         memory["flat"] = bool(
             memory["ratio"]["build_tree_rss"] < FLAT_TARGET
             and memory["ratio"]["stream_tree_rss"] < FLAT_TARGET
-            and memory["ratio"]["main_maxrss"] < FLAT_TARGET
+            and memory["ratio"]["build_main_rss"] < FLAT_TARGET
+            and memory["ratio"]["stream_main_rss"] < FLAT_TARGET
         )
     result: dict[str, Any] = {
         "images": origin,

@@ -75,6 +75,24 @@ def test_every_input_gets_a_mask_or_a_failure_row(folder: Path, tmp_path: Path) 
     assert all(0.0 <= q <= 1.0 for q in quality.values())
 
 
+def test_inverted_film_is_flipped_and_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    original = sorted(SAMPLE.glob("*.png"))[1]  # [0] has white lungs: its copy is missed
+    shutil.copy(original, images / original.name)
+    cv2.imwrite(str(images / "flipped.png"), 255 - _imread(original, cv2.IMREAD_GRAYSCALE))
+    with caplog.at_level("WARNING", logger="cxrssl.anatomy.engine"):
+        summary = run_masks(images, tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert summary.inverted == ("flipped.png",)
+    assert any("flipped.png: inverted film" in r.getMessage() for r in caplog.records)
+    out = tmp_path / "out"
+    assert np.array_equal(_imread(out / "flipped.png"), _imread(out / original.name))
+    again = run_masks(images, tmp_path / "again", cache_dir=tmp_path / "cache")
+    assert again.cached == 2 and again.inverted == ("flipped.png",)
+
+
 def test_second_run_comes_from_the_cache(folder: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     first = run_masks(folder, tmp_path / "a", cache_dir=cache)

@@ -12,7 +12,7 @@ import cxrssl
 from cxrssl.anatomy import LungMasks, lung_masks
 from cxrssl.anatomy.baselines import seed_pathology, seed_regions
 from cxrssl.anatomy.crop import crop_image, lung_box
-from cxrssl.anatomy.pathology import pathology_map
+from cxrssl.anatomy.pathology import candidates, pathology_map
 from cxrssl.anatomy.regions import REGION_NAMES, regions
 
 SAMPLE = Path(cxrssl.__file__).parent / "data" / "sample" / "images"
@@ -61,20 +61,28 @@ def test_seed_regions_cover_thirds_halves_and_centre() -> None:
     assert stack[5].sum() == 30 * 20
 
 
-def test_pathology_marks_a_dense_blob_inside_the_lungs_only() -> None:
+def test_pathology_scores_a_dense_blob_high_inside_the_lungs_only() -> None:
     lungs = _boxes((10, 10, 50, 90), (70, 10, 110, 90))
     img = np.full((100, 120), 200, np.uint8)
     img[lungs.both > 0] = 60
     cv2.circle(img, (30, 60), 12, 150, -1)  # an opacity in the right lung
     out = pathology_map(img, lungs)
-    assert set(np.unique(out)) <= {0, 1}
-    assert not np.any(out & (1 - lungs.both))
-    assert out[60, 30] == 1 and out[30, 90] == 0
+    assert out.dtype == np.uint8 and out.shape == img.shape
+    assert not np.any(out[lungs.both == 0])
+    assert out[60, 30] > 200 and out[60, 30] > np.percentile(out[lungs.both > 0], 90)
+    assert out[60, 90] < 128  # the same height of the other lung
+    binary = candidates(out)
+    assert set(np.unique(binary)) <= {0, 1} and binary[60, 30] == 1 and binary[30, 90] == 0
+    assert np.array_equal(candidates(out.astype(np.float32) / 255), binary)
+    assert np.array_equal(pathology_map(img, lungs.both), out)  # union split at the middle
 
 
 def test_pathology_with_found_lungs_and_seed_baseline(image: np.ndarray) -> None:
     out = pathology_map(image)
-    assert out.shape == image.shape and not np.any(out & (1 - lung_masks(image).both))
+    lungs = lung_masks(image).both
+    assert out.shape == image.shape and out.dtype == np.uint8 and not np.any(out[lungs == 0])
+    assert 0 < out[lungs > 0].mean() < 255  # a soft score, not a mask
+    assert np.array_equal(pathology_map(255 - image), out)  # inverted films are flipped
     seed = seed_pathology(image)
     assert seed.shape == image.shape and set(np.unique(seed)) <= {0, 1}
 

@@ -72,8 +72,10 @@ def test_benchmark_runs_in_a_tiny_setting(tmp_path: Path) -> None:
         assert run["n"] == run["pool_images"] == run["entries"] == n and run["failures"] == 0
         assert run["streamed_images"] == n // 8 * 8  # whole batches of 8
         assert run["build_images_per_s"] > 0 and run["stream_images_per_s"] > 0
-        for key in ("baseline_tree_rss_mib", "build_tree_pss_mib", "main_maxrss_mib"):
+        for key in ("baseline_tree_rss_mib", "build_main_rss_mib", "stream_main_rss_mib"):
             assert run[key] > 0
+        for phase in ("build", "stream"):  # a phase's peak is within the lifetime peak
+            assert run[f"{phase}_main_rss_mib"] <= run["main_maxrss_mib"]
         assert run["build_tree_rss_mib"] >= run["build_tree_pss_mib"] > 0
         assert run["stream_tree_rss_mib"] >= run["stream_tree_pss_mib"] > 0
         assert run["main_maxrss_mib"] >= run["baseline_tree_rss_mib"]  # alone at first

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from cxrssl.cli.main import main
+from cxrssl.data.adapters import nih
 from cxrssl.data.datasets import FolderDataset, Record
+from cxrssl.data.pool import open_sources
 from cxrssl.errors import DatasetError
 from cxrssl.nets.classifier import Classifier
 from cxrssl.study.cls_efficiency import ClsStudyConfig, paired_auc, run_cls_efficiency
@@ -268,3 +270,24 @@ def test_study_reuses_finished_units(chests: Path, tmp_path: Path) -> None:
     before = unit.stat().st_mtime_ns
     run_cls_efficiency(config, tmp_path / "study")
     assert unit.stat().st_mtime_ns == before  # reused, not recomputed
+
+
+def test_nih_sample_runs_the_14_finding_path(
+    shared_data: Path, tmp_path: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    root = shared_data / "nih_chestxray14_sample"
+    config = ClsConfig(
+        size=64, epochs=1, epoch_steps=2, batch_size=8, val_fraction=0.2, test_fraction=0.3,
+        n_boot=20, progress=False, tensorboard=False, device="cpu",
+    )  # fmt: skip
+    summary = train_cls(root, tmp_path / "nih", config)
+    counts = nih.finding_counts(open_sources(root))
+    assert summary["labels"] == list(nih.FINDINGS)  # the official order
+    assert summary["data"]["positives"] == {f: counts[f] for f in nih.FINDINGS}
+    assert summary["data"]["images"] == 52
+    for finding, s in summary["per_label"].items():
+        assert s["n_pos"] + s["n_neg"] == summary["n_scored"], finding
+        assert np.isnan(s["auc"]) == (s["n_pos"] == 0 or s["n_neg"] == 0)
+    with (tmp_path / "nih" / "predictions.csv").open() as f:
+        header = next(csv.reader(f))
+    assert [h for h in header if h.startswith("prob_")] == [f"prob_{f}" for f in nih.FINDINGS]

@@ -17,10 +17,16 @@ Outputs in ``OUT_DIR`` (one per image, same stem, same size as the image):
 
 - ``lungs``: ``STEM.png``, 0/255 union of both lungs.
 - ``regions``: ``STEM.png``, label map 0..6 (``regions.REGION_NAMES``).
-- ``pathology``: ``STEM.png``, 0/255 candidate opacities inside the lungs.
+- ``pathology``: ``STEM.png``, the soft candidate score 0..255 inside the lungs
+  (``pathology.pathology_map``; ``pathology.candidates`` or ``>= 255 * CANDIDATE_LEVEL``
+  gives the binary candidates), 0 outside.
 - ``crop``: no PNG; ``boxes.csv`` holds each image's lung box (seed option 4).
 
 Beside them: ``quality.csv`` (file name, lung-mask quality) and ``failures.csv``.
+
+An inverted film (white lungs, black bones; ``polarity.is_inverted``) is flipped before
+everything else (the overlay too) and logged as a warning naming the file; the run's
+``RunSummary.inverted`` lists them.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -41,7 +48,8 @@ from cxrssl.anatomy._image import AnatomyError
 from cxrssl.anatomy.crop import lung_box
 from cxrssl.anatomy.lungs import METHODS, lung_masks
 from cxrssl.anatomy.overlay import draw_overlay
-from cxrssl.anatomy.pathology import pathology_map
+from cxrssl.anatomy.pathology import candidates, pathology_map
+from cxrssl.anatomy.polarity import upright
 from cxrssl.anatomy.regions import regions
 from cxrssl.errors import CxrsslError
 from cxrssl.files import atomic_open, write_bytes_atomic
@@ -50,10 +58,12 @@ from cxrssl.parallel import pool_context
 from cxrssl.provenance import modules_of, rules_key
 
 KINDS = ("lungs", "regions", "pathology", "crop")
-ENTRY_FORMAT = "2"  # layout of a cache entry (``_store``/``_lookup``): bump when it changes
+ENTRY_FORMAT = "3"  # layout of a cache entry (``_store``/``_lookup``): bump when it changes
 CODE_ROOTS = ("cxrssl.anatomy", "cxrssl.io")  # what computes an output (with their imports)
 QUALITY_FLAG = 0.2  # masks below this quality are counted as flagged
 CACHE_ENV = "CXRSSL_CACHE_DIR"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,7 @@ class RunSummary:
         out_dir: where the outputs are.
         failures_csv: ``OUT_DIR/failures.csv`` (written on every run, maybe header only).
         failures: (file name, reason) of every failed image.
+        inverted: file names of the inverted films that were flipped (each also logged).
     """
 
     images: int
@@ -83,6 +94,7 @@ class RunSummary:
     out_dir: Path
     failures_csv: Path
     failures: tuple[tuple[str, str], ...]
+    inverted: tuple[str, ...] = ()
 
 
 class _Settings(NamedTuple):
@@ -101,6 +113,7 @@ class _Result(NamedTuple):
     reason: str
     quality: float
     box: tuple[int, ...] | None
+    inverted: bool = False
 
 
 _settings: _Settings | None = None
@@ -132,8 +145,10 @@ def _encode_png(array: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def _compute(image: np.ndarray, s: _Settings) -> tuple[bytes, float, list[int] | None]:
-    """Output PNG bytes (empty for crop), quality and box of one image; draws its overlay."""
+def _compute(image: np.ndarray, s: _Settings) -> tuple[bytes, float, list[int] | None, bool]:
+    """Output PNG bytes (empty for crop), quality, box and inversion of one image; draws its
+    overlay. An inverted film is flipped first."""
+    image, inverted = upright(image)
     lungs = lung_masks(image, s.method)
     extra: np.ndarray | None = None
     box: tuple[int, int, int, int] | None = None
@@ -143,21 +158,23 @@ def _compute(image: np.ndarray, s: _Settings) -> tuple[bytes, float, list[int] |
         extra = regions(lungs)
         png = _encode_png(extra)
     elif s.kind == "pathology":
-        extra = pathology_map(image, lungs)
-        png = _encode_png(extra * np.uint8(255))
+        score = pathology_map(image, lungs)
+        png = _encode_png(score)
+        extra = candidates(score)  # the overlay outlines the binary candidates
     else:
         box = lung_box(lungs)
         png = b""
     if s.overlays_dir is not None:
         picture = draw_overlay(image, lungs.right, lungs.left, lungs.quality, extra, box)
         write_bytes_atomic(s.overlays_dir / f"{s.stem}.png", _encode_png(picture))
-    return png, lungs.quality, list(box) if box else None
+    return png, lungs.quality, list(box) if box else None, inverted
 
 
-def _lookup(entry: Path | None) -> tuple[bytes, float, list[int] | None] | None:
+def _lookup(entry: Path | None) -> tuple[bytes, float, list[int] | None, bool] | None:
     """Cached output, or None when absent or damaged.
 
-    An entry is a 4-byte length, JSON {quality, box, size}, then ``size`` bytes of PNG.
+    An entry is a 4-byte length, JSON {quality, box, size, inverted}, then ``size`` bytes of
+    PNG.
     """
     if entry is None:
         return None
@@ -168,14 +185,15 @@ def _lookup(entry: Path | None) -> tuple[bytes, float, list[int] | None] | None:
         png = blob[4 + head :]
         if len(png) != int(meta["size"]):
             return None
-        return png, float(meta["quality"]), meta["box"]
+        return png, float(meta["quality"]), meta["box"], bool(meta.get("inverted", False))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _store(entry: Path, png: bytes, quality: float, box: list[int] | None) -> None:
+def _store(entry: Path, png: bytes, quality: float, box: list[int] | None, inverted: bool) -> None:
     """Write a cache entry atomically (``_lookup``'s size check still guards old entries)."""
-    meta = json.dumps({"quality": quality, "box": box, "size": len(png)}).encode()
+    fields = {"quality": quality, "box": box, "size": len(png), "inverted": inverted}
+    meta = json.dumps(fields).encode()
     write_bytes_atomic(entry, len(meta).to_bytes(4, "big") + meta + png)
 
 
@@ -197,12 +215,12 @@ def _process(path_text: str) -> _Result:
     try:
         if found is not None:
             status = "cached"
-            png, quality, box = found
+            png, quality, box, inverted = found
         else:
             status = "written"
-            png, quality, box = _compute(read_gray8(path, data), s)
+            png, quality, box, inverted = _compute(read_gray8(path, data), s)
             if entry is not None:
-                _store(entry, png, quality, box)
+                _store(entry, png, quality, box, inverted)
         if png:
             write_bytes_atomic(s.out_dir / f"{path.stem}.png", png)
     except CxrsslError as err:
@@ -212,7 +230,7 @@ def _process(path_text: str) -> _Result:
     except Exception as err:  # a bug on one odd image must not stop a long run
         reason = f"internal error, please report: {type(err).__name__}: {err}"
         return _Result(path.name, "failed", reason, 0.0, None)
-    return _Result(path.name, status, "", quality, tuple(box) if box else None)
+    return _Result(path.name, status, "", quality, tuple(box) if box else None, inverted)
 
 
 def _init_worker(settings: _Settings) -> None:
@@ -330,6 +348,9 @@ def run_masks(
     failures_csv = _write_tables(out_dir, kind, results)
     failures = tuple(sorted((r.name, r.reason) for r in results if r.status == "failed"))
     done = [r for r in results if r.status != "failed"]
+    inverted = tuple(sorted(r.name for r in done if r.inverted))
+    for name in inverted:
+        log.warning("%s: inverted film (white lungs, black bones): flipped", name)
     return RunSummary(
         images=len(jobs) + len(clashes),
         written=sum(r.status == "written" for r in results),
@@ -341,4 +362,5 @@ def run_masks(
         out_dir=out_dir,
         failures_csv=failures_csv,
         failures=failures,
+        inverted=inverted,
     )

@@ -9,6 +9,7 @@ import numpy as np
 
 from cxrssl.anatomy._image import AnatomyError, as_uint8
 from cxrssl.anatomy.baselines import otsu_lungs, seed_lungs
+from cxrssl.anatomy.polarity import upright
 from cxrssl.anatomy.quality import mask_quality
 from cxrssl.anatomy.rules import default_lungs
 
@@ -66,6 +67,9 @@ def lung_masks(image: np.ndarray, method: str = "default") -> LungMasks:
         image: (H, W) float in [0, 1] (as from ``cxrssl.io.read_image``) or uint8.
         method: a name in ``METHODS``: "default", "seed" (seed option 1) or "otsu".
 
+    An inverted film (white lungs, black bones; ``polarity.is_inverted``) is flipped first,
+    so every method sees the usual polarity.
+
     Returns:
         LungMasks with (H, W) uint8 {0,1} masks.
 
@@ -74,7 +78,7 @@ def lung_masks(image: np.ndarray, method: str = "default") -> LungMasks:
     """
     if method not in METHODS:
         raise AnatomyError(f"unknown lung method {method!r}; choose from {sorted(METHODS)}")
-    img = as_uint8(image)
+    img, _ = upright(as_uint8(image))
     right, left = METHODS[method](img)
     return LungMasks(left=left, right=right, both=left | right, quality=mask_quality(right, left))
 

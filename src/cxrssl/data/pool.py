@@ -29,13 +29,14 @@ be unique: an image whose name an earlier source already gave is left out (one w
 gives the count; in the ieee8023 folders such names are the same radiograph).
 
 Per image (at full resolution): the rule-based default lungs (``cxrssl.anatomy.lung_masks``),
-their regions (labels 0..6), the pathology candidates, the lung crop box
-(``cxrssl.anatomy.crop_box``) and the lung quality; the ``lungs`` map comes from the mask
-source: ``"rules"`` (those default lungs), ``"otsu"`` (lung method ``"otsu"``) or a folder
-of 0/255 masks matched by image stem (``<stem>.png`` or ``<stem>_mask.png``, the image's
-size). Then the image (linear/area) and the maps (nearest) are letterboxed to ``size`` with
-zero padding, and the box is mapped into canvas pixels (scaled, offset, rounded outward,
-clipped to the image area).
+their regions (labels 0..6), the soft pathology-candidate score (0..255), the lung crop box
+(``cxrssl.anatomy.crop_box``) and the lung quality (an inverted film, white lungs and black
+bones, is flipped first and named in a logged warning when its entry is computed); the
+``lungs`` map comes from the mask source: ``"rules"`` (those default lungs), ``"otsu"`` (lung
+method ``"otsu"``) or a folder of 0/255 masks matched by image stem (``<stem>.png`` or
+``<stem>_mask.png``, the image's size). Then the image (linear/area) and the maps (nearest)
+are letterboxed to ``size`` with zero padding, and the box is mapped into canvas pixels
+(scaled, offset, rounded outward, clipped to the image area).
 
 Cache (default ``$CXRSSL_CACHE_DIR/pool``, else ``~/.cache/cxrssl/pool`` beside the anatomy
 engine's cache)::
@@ -76,6 +77,7 @@ from cxrssl.anatomy.crop import crop_box
 from cxrssl.anatomy.engine import CACHE_ENV, default_cache_dir
 from cxrssl.anatomy.lungs import lung_masks
 from cxrssl.anatomy.pathology import pathology_map
+from cxrssl.anatomy.polarity import upright
 from cxrssl.anatomy.regions import regions
 from cxrssl.data import adapters
 from cxrssl.data.datasets import MASK_SUFFIXES, FolderDataset, Record, index_files
@@ -295,7 +297,8 @@ class PoolDataset(Dataset[dict[str, torch.Tensor]]):
     """Items of a pool, each read from its cache entry (nothing decoded is kept).
 
     ``dataset[i]`` is ``{"image", "lungs", "regions", "pathology"}``: (1, S, S) uint8 (image
-    letterboxed with padding 0; lungs {0, 1}; regions 0..6; pathology 0..255, today 0/255),
+    letterboxed with padding 0; lungs {0, 1}; regions 0..6; pathology the soft candidate
+    score 0..255),
     ``"box"``: (4,) float32 canvas box (x0, y0, x1, y1), ``"quality"``: () float32 and
     ``"index"``: () int64, the row.
 
@@ -387,6 +390,7 @@ class _Done(NamedTuple):
     entry: str
     box: tuple[int, ...]
     quality: float
+    inverted: bool = False  # an inverted film, flipped before its entry was computed
 
 
 _settings: _Settings | None = None
@@ -402,7 +406,7 @@ def _compute(image: np.ndarray, mask: np.ndarray | None, s: _Settings) -> dict[s
         "image": apply_letterbox(image, frame, "linear"),
         "lungs": apply_letterbox(mask, frame, "nearest"),
         "regions": apply_letterbox(regions(rules), frame, "nearest"),
-        "pathology": apply_letterbox(pathology_map(image, rules) * np.uint8(255), frame, "nearest"),
+        "pathology": apply_letterbox(pathology_map(image, rules), frame, "nearest"),
         "box": canvas_box(crop_box(rules), frame),
         "quality": np.array(rules.quality, np.float32),
     }
@@ -464,14 +468,16 @@ def _process(job: _Job) -> _Done:
     if found is not None:
         return _Done(job.row, "cached", "", str(entry), *found)
     try:
-        image = read_gray8(job.path, data)
+        # an inverted film is stored (and trained on) flipped; _assemble names it
+        image, inverted = upright(read_gray8(job.path, data))
         mask = read_mask(job.mask, image.shape) if job.mask else None
         arrays = _compute(image, mask, s)
         _store(entry, arrays)
     except Exception as err:  # one odd image must not stop a long run
         return _Done(job.row, "failed", _reason(err), "", (), 0.0)
     box = tuple(int(v) for v in arrays["box"])
-    return _Done(job.row, "computed", "", str(entry), box, float(arrays["quality"]))
+    quality = float(arrays["quality"])
+    return _Done(job.row, "computed", "", str(entry), box, quality, inverted)
 
 
 def _init_worker(settings: _Settings) -> None:
@@ -656,6 +662,9 @@ def _assemble(
             len(records),
             _shown([name for name, _ in failures]),
         )
+    for i in rows:
+        if done[i].inverted:
+            log.warning("%s: inverted film (white lungs, black bones): flipped", records[i].image)
     computed = sum(done[i].status == "computed" for i in rows)
     log.info("pool: %d image(s), %d computed, %d cached", len(rows), computed, len(rows) - computed)
     fallback = dataset.name or (dataset.root.name if dataset.root is not None else "")

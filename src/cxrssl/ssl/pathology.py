@@ -1,7 +1,7 @@
 """``pathology`` (seed 000, option 3): each positive pair's NT-Xent term weighted by
 ``1 + w * s``, with ``s`` the pair's pathology-candidate score: the mean over its two views of
-the candidate map's share of the view's lung (``cxrssl.anatomy.pathology_map``, warped with
-the view). Relative weights, as ``mask-weighted``.
+the soft candidate score (``cxrssl.anatomy.pathology_map`` / 255, in [0, 1], warped with the
+view) averaged over the view's lung. Relative weights, as ``mask-weighted``.
 
 The method is only as good as the candidate map: measure it before trusting it (the README
 gives the map's pixel AUC against expert lesion masks).
@@ -19,7 +19,7 @@ from cxrssl.ssl.base import ContrastiveMethod
 
 
 def candidate_share(view: View) -> torch.Tensor:
-    """(B,) candidate mass over lung area of each view (0 where the view shows no lung)."""
+    """(B,) mean candidate score over the lung of each view (0 where the view shows no lung)."""
     lungs = view.maps["lungs"].float().flatten(1).sum(1)
     candidates = (view.maps["pathology"].float() * view.maps["lungs"]).flatten(1).sum(1)
     return torch.where(lungs > 0, candidates / lungs.clamp(min=1), 0.0)

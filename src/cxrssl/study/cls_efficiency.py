@@ -38,10 +38,10 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from cxrssl.files import write_text_atomic
+from cxrssl.study.pretrain_units import pretrain_checkpoints
 from cxrssl.study.runner import Unit, run_units, write_json_atomic
 from cxrssl.tasks.classification import ClsConfig, assign, train_cls
 from cxrssl.tasks.cls_data import build_data, open_labelled, select_labels
-from cxrssl.tasks.pretraining import PretrainConfig, pretrain
 from cxrssl.train import resolve_device
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 SCRATCH = "scratch"
 CROP_ONLY = "lung-box"  # scratch with the lung-box crop
 CLS_CODE = ("cxrssl.tasks.classification",)
-PRETRAIN_CODE = ("cxrssl.tasks.pretraining",)
 
 
 @dataclass
@@ -250,30 +249,16 @@ def run_cls_efficiency(config: ClsStudyConfig, out: str | Path) -> dict[str, Any
         test_patients = {data.patient_ids[i] for i in np.flatnonzero(side == 0)}
         assert not test_patients & {data.patient_ids[i] for i in keep}
 
-        def pre(unit: Unit) -> dict[str, Any]:
-            run = out / "pretrain" / unit.method
-            shutil.rmtree(run, ignore_errors=True)  # a stale or half-finished run
-            keys = {"progress": False, "tensorboard": True, **config.pretrain}
-            pc = PretrainConfig(
-                **{**keys, "method": unit.method, "size": config.size},
-                seed=config.pretrain_seed,
-                device=device,
-            )
-            result = pretrain(pool, run, pc)
-            return {"checkpoint": str(run / "best.pt"), "history": result.fit.history}
-
-        units = [Unit(m, None, config.pretrain_seed) for m in pre_methods]
-        settings = {"pretrain": config.pretrain, "size": config.size, "limit": config.pool_limit}
-        done = run_units(
-            units,
-            pre,
+        checkpoints = pretrain_checkpoints(
+            pool,
+            pre_methods,
             out / "pretrain",
-            settings,
-            data=pool.files,
+            config.pretrain,
+            size=config.size,
+            seed=config.pretrain_seed,
             device=device,
-            code=PRETRAIN_CODE,
+            stamp={"limit": config.pool_limit},
         )
-        checkpoints = {u.method: done[u.key]["checkpoint"] for u in units}
     timings["pre-training"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -41,8 +41,8 @@ from cxrssl.files import atomic_open, write_bytes_atomic, write_text_atomic
 from cxrssl.metrics import aggregate, nanmean
 from cxrssl.ssl import parse_method
 from cxrssl.study.config import StudyConfig
+from cxrssl.study.pretrain_units import pretrain_checkpoints
 from cxrssl.study.runner import Unit, run_units, write_json_atomic
-from cxrssl.tasks.pretraining import PretrainConfig, pretrain
 from cxrssl.tasks.seg_data import SegCache, load_cache
 from cxrssl.train import resolve_device
 
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 SCRATCH = "scratch"
 WHOLE = "-whole"  # suffix: fine-tune the whole pre-trained U-Net (MedSASS end to end)
 MASK = "masks"
-PRETRAIN_CODE = ("cxrssl.tasks.pretraining",)  # computes a pre-training unit (with imports)
 
 
 @dataclass
@@ -114,14 +113,6 @@ def _pool(config: EfficiencyConfig, labelled: FolderDataset, side: np.ndarray) -
         workers=config.mask_workers,
         exclude_patients=test_patients,
         exclude_files=test_files,
-    )
-
-
-def _pretrain_config(config: EfficiencyConfig, method: str, device: str) -> PretrainConfig:
-    keys = {"progress": False, "tensorboard": True, **config.pretrain}
-    return PretrainConfig(
-        **{**keys, "method": method, "size": config.size, "seed": config.pretrain_seed},
-        device=device,
     )
 
 
@@ -311,28 +302,16 @@ def run_efficiency(config: EfficiencyConfig, out: str | Path) -> dict[str, Any]:
         pool = _pool(config, labelled, side)
         log.info("pool: %d images (%d failed)", len(pool), len(pool.failures))
 
-        def pre(unit: Unit) -> dict[str, Any]:
-            run = out / "pretrain" / unit.method
-            result = pretrain(pool, run, _pretrain_config(config, unit.method, device), resume=True)
-            return {
-                "checkpoint": str(run / "best.pt"),
-                "history": result.fit.history,
-                "pool": len(pool),
-                "failed": len(pool.failures),
-            }
-
-        pre_units = [Unit(b, None, config.pretrain_seed) for b in bases]
-        settings = {"pretrain": config.pretrain, "size": config.size, "limit": config.pool_limit}
-        done = run_units(
-            pre_units,
-            pre,
+        checkpoints = pretrain_checkpoints(
+            pool,
+            bases,
             out / "pretrain",
-            settings,
-            data=pool.files,
+            config.pretrain,
+            size=config.size,
+            seed=config.pretrain_seed,
             device=device,
-            code=PRETRAIN_CODE,
+            stamp={"limit": config.pool_limit},
         )
-        checkpoints = {u.method: done[u.key]["checkpoint"] for u in pre_units}
     timings["pre-training"] = time.perf_counter() - t
 
     # Fine-tuning units.
