@@ -129,3 +129,33 @@ def test_default_meets_the_target_on_generalblockchain(shared_data: Path) -> Non
     assert len(scores) == 100
     assert np.mean(scores) >= 0.85
     assert min(scores) >= 0.5
+
+
+def test_quality_with_image_prefers_masks_on_dark_lungs() -> None:
+    """Given the image, the same plausible shapes score lower where they sit off the lungs."""
+    image = _read(sorted((SAMPLE / "images").glob("*.png"))[0])
+    masks = lung_masks(image)
+    good = mask_quality(masks.right, masks.left, image)
+    assert 0.0 < good <= 1.0 and masks.quality == good
+    shift = image.shape[0] // 3  # the same two masks moved down onto the abdomen
+    right, left = np.roll(masks.right, shift, axis=0), np.roll(masks.left, shift, axis=0)
+    assert mask_quality(right, left, image) < 0.5 * good
+    assert mask_quality(right, np.zeros_like(left), image) == 0.0
+
+
+def test_quality_rank_correlates_with_dice_on_the_sample() -> None:
+    """The image checks make the quality predict Dice better than the shape checks alone."""
+    scores, full, shape = [], [], []
+    for path in sorted((SAMPLE / "images").glob("*.png")):
+        image = _read(path)
+        truth = _read(SAMPLE / "masks" / path.name) > 127
+        masks = lung_masks(image)
+        scores.append(dice(masks.both.astype(bool), truth))
+        full.append(masks.quality)
+        shape.append(mask_quality(masks.right, masks.left))
+
+    def rho(q: list[float]) -> float:
+        ranks = [np.argsort(np.argsort(np.asarray(v), kind="stable")) for v in (q, scores)]
+        return float(np.corrcoef(*ranks)[0, 1])
+
+    assert rho(full) > 0.55 and rho(full) > rho(shape) + 0.2

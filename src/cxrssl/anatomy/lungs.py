@@ -24,7 +24,8 @@ class LungMasks:
         left: the patient's left lung (on the image right).
         right: the patient's right lung (on the image left).
         both: their union.
-        quality: plausibility score in [0, 1] (see ``cxrssl.anatomy.quality``).
+        quality: plausibility score in [0, 1] from the masks' shape and how they sit on
+            the image (see ``cxrssl.anatomy.quality``).
     """
 
     left: np.ndarray
@@ -80,7 +81,9 @@ def lung_masks(image: np.ndarray, method: str = "default") -> LungMasks:
         raise AnatomyError(f"unknown lung method {method!r}; choose from {sorted(METHODS)}")
     img, _ = upright(as_uint8(image))
     right, left = METHODS[method](img)
-    return LungMasks(left=left, right=right, both=left | right, quality=mask_quality(right, left))
+    return LungMasks(
+        left=left, right=right, both=left | right, quality=mask_quality(right, left, img)
+    )
 
 
 def lung_mask(image: np.ndarray, method: str = "default") -> np.ndarray:
