@@ -299,9 +299,7 @@ def run_cls_efficiency(config: ClsStudyConfig, out: str | Path) -> dict[str, Any
     points, differences = [], []
     for method in methods:
         for f in config.fractions:
-            scores = [
-                _read_scores(runs[(method, f, s)] / "predictions.csv", label) for s in config.seeds
-            ]
+            scores = [_read_scores(runs[(method, f, s)], label) for s in config.seeds]
             aucs = []
             for sc in scores:
                 y = np.array([v[0] for v in sc.values()])
@@ -318,9 +316,7 @@ def run_cls_efficiency(config: ClsStudyConfig, out: str | Path) -> dict[str, Any
             )
             if method == SCRATCH:
                 continue
-            ref = [
-                _read_scores(runs[(SCRATCH, f, s)] / "predictions.csv", label) for s in config.seeds
-            ]
+            ref = [_read_scores(runs[(SCRATCH, f, s)], label) for s in config.seeds]
             order = sorted(ref[0])
             differences.append(
                 {
