@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import cxrssl
-from cxrssl.anatomy import METHODS, AnatomyError, lung_mask, lung_masks
+from cxrssl.anatomy import METHODS, AnatomyError, lung_mask, lung_masks, rules
 from cxrssl.anatomy._image import as_uint8
 from cxrssl.anatomy.baselines import otsu_lungs, seed_lungs
 from cxrssl.anatomy.quality import mask_quality
@@ -82,6 +82,21 @@ def test_odd_shapes_give_a_mask_of_the_same_shape(shape: tuple[int, int]) -> Non
     img = rng.integers(0, 256, shape, dtype=np.uint8)
     for method in METHODS:
         assert lung_masks(img, method).both.shape == shape
+
+
+def test_frame_band_with_a_one_pixel_edge_line_is_cut_off(sample_pairs: list) -> None:
+    # Digitised film (JSRT): a uniform white band along the bottom, and a 1 px dark line
+    # down the film edge that crosses it. The band is still frame, not image content.
+    img = sample_pairs[0][0]
+    h, w = img.shape
+    framed = np.vstack([img, np.full((h // 8, w), 254, np.uint8)])
+    framed[:, 0] = 20
+    assert rules._content_box(framed)[1] <= h + 8
+    plain = img.copy()
+    plain[:, 0] = 20
+    masks = lung_masks(framed).both
+    assert masks[h:].sum() == 0
+    assert dice(masks[:h], lung_mask(plain)) > 0.95
 
 
 def test_constant_image_gives_empty_masks_and_zero_quality() -> None:

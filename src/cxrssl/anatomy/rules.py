@@ -3,7 +3,10 @@
 All the work happens on a small copy of the image (long side ``WORK_SIZE`` px); the two lung
 masks are scaled back with smooth edges. No learned weights: every step is an anatomical rule.
 
-0. Frame: uniform bands at the borders (padding, letterboxing) are cut off first.
+0. Frame: uniform bands at the borders (padding, letterboxing, the white edge of digitised
+   film) are cut off first; a band counts as uniform when its grey levels span less than
+   ``FRAME_RANGE`` after leaving out the extreme ``FRAME_OUTLIERS`` share of its pixels (a
+   1 px scanner line along the film edge crosses the band).
 1. Contrast: area resize, CLAHE, robust percentile stretch, light Gaussian smoothing.
 2. Midline: the brightest column of the central band (spine and mediastinum) over the upper
    chest, as a line with a small tilt; a band around it is a barrier no lung crosses.
@@ -32,6 +35,7 @@ from cxrssl.anatomy.trace import trace_path
 
 WORK_SIZE = 128  # long side of the working image (px)
 FRAME_RANGE = 12  # a border row/column whose grey levels span less is padding
+FRAME_OUTLIERS = 0.02  # share of a row/column's extreme pixels left out of that span
 CLAHE_CLIP = 2.0  # CLAHE clip limit on 4 x 4 tiles
 SMOOTH_SIGMA = 1.5  # Gaussian smoothing before the basin depth (working px)
 BARRIER_HALF_WIDTH = 0.04  # mediastinal barrier, fraction of the working width either side
@@ -47,13 +51,26 @@ MIN_ASPECT = 1.2  # a lung shorter than this times its width is extended down to
 SYMMETRY_RATIO = 0.7  # a lung below this fraction of its partner's area takes its mirror
 
 
+def _robust_range(small: np.ndarray, axis: int) -> np.ndarray:
+    """Grey-level range of every row (axis 1) or column (axis 0), ignoring a few outliers.
+
+    A 1 px line along the film edge (a scanner artefact) must not make a frame band count
+    as image content.
+    """
+    n = small.shape[axis]
+    k = min(int(FRAME_OUTLIERS * n), (n - 1) // 2)
+    ordered = np.partition(small, (k, n - 1 - k), axis=axis)
+    hi = np.take(ordered, n - 1 - k, axis=axis).astype(np.int16)
+    return hi - np.take(ordered, k, axis=axis)
+
+
 def _content_box(img: np.ndarray) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1) of the image without uniform frame bands (padding, letterboxing)."""
     h, w = img.shape
     step = max(1, max(h, w) // 128)
     small = img[::step, ::step]
-    rows = np.flatnonzero(np.ptp(small, axis=1) > FRAME_RANGE)
-    cols = np.flatnonzero(np.ptp(small, axis=0) > FRAME_RANGE)
+    rows = np.flatnonzero(_robust_range(small, 1) > FRAME_RANGE)
+    cols = np.flatnonzero(_robust_range(small, 0) > FRAME_RANGE)
     if rows.size < 2 or cols.size < 2:
         return 0, h, 0, w
     y0, y1 = int(rows[0]) * step, min(int(rows[-1] + 1) * step, h)
