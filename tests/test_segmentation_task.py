@@ -20,7 +20,7 @@ from cxrssl.geometry import apply_crop, letterbox, uncrop, unletterbox, whole_bo
 from cxrssl.io import read_image, read_mask
 from cxrssl.losses import get_loss
 from cxrssl.nets import create_net
-from cxrssl.tasks import Predictor, SegConfig, train_seg
+from cxrssl.tasks import Predictor, SegConfig, seg_data, train_seg
 from cxrssl.tasks.seg_data import draw_labelled, load_cache, open_folders, to_uint8
 from cxrssl.tasks.seg_task import SegmentationTask, postprocess, predict_probs, tune_threshold
 from cxrssl.tasks.segmentation import _score, original_masks, resolve_crop
@@ -281,7 +281,9 @@ def test_images_without_a_finding_are_counted_not_scored_one(tmp_path: Path) -> 
         assert row.split(",")[3] in ("0.0", "nan")
 
 
-def test_lung_box_cache_records_each_crop_and_scores_at_the_full_size(tmp_path: Path) -> None:
+def test_lung_box_cache_records_each_crop_and_scores_at_the_full_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     images, masks = write_lungs(tmp_path / "data")
     plain = load_cache(open_folders(images, masks), 32)
     assert plain.crop == "none" and plain.crops == [whole_box(*s) for s in plain.shapes]
@@ -297,7 +299,14 @@ def test_lung_box_cache_records_each_crop_and_scores_at_the_full_size(tmp_path: 
         [cache.shapes[4], cache.shapes[1]],
     )
     # Perfect letterboxed probabilities return to the full image: the mask inside the box,
-    # nothing outside, so lung the box cuts off counts as missed against the full mask.
+    # nothing outside, so lung the box cuts off counts as missed against the full mask. The
+    # box is made to cut here (the left 60 % of each image), whatever the rules find.
+    monkeypatch.setattr(
+        seg_data,
+        "crop_box",
+        lambda lungs: (0, 0, int(0.6 * lungs.both.shape[1]), lungs.both.shape[0]),
+    )
+    cache = load_cache(open_folders(images, masks), 32, crop="lung-box")
     perfect = original_masks(cache.masks.float(), cache, 0.5, "none")
     rows = _score(perfect, cache, "nan")
     cut = 0

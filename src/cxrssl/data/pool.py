@@ -70,7 +70,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from tqdm import tqdm
 
 from cxrssl.anatomy.crop import crop_box
@@ -87,6 +87,7 @@ from cxrssl.geometry import Letterbox, apply_letterbox
 from cxrssl.io import is_image_file, read_gray8, read_mask
 from cxrssl.parallel import pool_context
 from cxrssl.provenance import file_sha1, modules_of, rules_key
+from cxrssl.train.distributed import train_sampler
 
 __all__ = [
     "CODE_ROOTS",
@@ -698,7 +699,9 @@ def pool_loader(
     it per epoch), or from a generator seeded with ``seed`` when given. Exactly one draw an
     epoch, whatever ``workers``: the loader's own worker seeds come from a private
     generator, so ``workers=0`` and ``workers>0`` (persistent, started from the forkserver
-    like every cxrssl process pool) give the same batches.
+    like every cxrssl process pool) give the same batches. Under ``torchrun`` with several
+    processes a shuffling loader gives each process its shard of every global batch (a
+    ``DistributedSampler`` the engine seeds per epoch; ``batch_size`` is per process).
 
     Raises:
         PoolError: ``drop_last`` with fewer items than ``batch_size`` (no batch at all).
@@ -707,7 +710,9 @@ def pool_loader(
     if drop_last and len(dataset) < batch_size:
         raise PoolError(f"a pool of {len(dataset)} image(s) gives no batch of {batch_size}")
     order = torch.Generator().manual_seed(seed) if seed is not None else None
-    sampler = RandomSampler(dataset, generator=order) if shuffle else None
+    sampler: Sampler[int] | None = train_sampler(dataset, drop_last) if shuffle else None
+    if shuffle and sampler is None:
+        sampler = RandomSampler(dataset, generator=order)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -8,6 +8,10 @@ temperature (NLL) and each label's threshold (Youden's J, or a target sensitivit
 ``label_fraction`` of the rest, drawn by patient and stratified, trains. The validation set
 stays the same whatever the fraction (the usual label-efficiency protocol: MRM, MaCo).
 
+Under ``torchrun`` each process trains on its shard of every epoch (one shuffled pass over
+the training images; ``batch_size`` is per process, ``epoch_steps`` is not used) and only
+rank 0 writes.
+
 Run folder of :func:`train_cls`::
 
     OUT/summary.json       per-label ROC AUC and PR AUC (95 % CI bootstrapped over patients),
@@ -72,7 +76,14 @@ from cxrssl.tasks.cls_task import (
 )
 from cxrssl.tasks.explain import cam_picture, grad_cam, lung_focus, montage
 from cxrssl.tasks.seg_data import check_crop, crop_from_init
-from cxrssl.train import TrainConfig, Trainer, load_checkpoint, load_init, save_checkpoint
+from cxrssl.train import (
+    TrainConfig,
+    Trainer,
+    distributed,
+    load_checkpoint,
+    load_init,
+    save_checkpoint,
+)
 from cxrssl.train.device import resolve_device, to_device
 from cxrssl.viz import png_bytes
 
@@ -357,7 +368,9 @@ def fit_fold(
         probs = probabilities(apply_temperature(logits, temperature), multiclass)
         thresholds = _thresholds(probs, labels, config.target_sensitivity)
     best["extra"] = {**best["extra"], "temperature": temperature, "thresholds": thresholds}
-    save_checkpoint(run_dir / "best.pt", best)
+    if distributed.is_main():
+        save_checkpoint(run_dir / "best.pt", best)
+    distributed.barrier()
     return FittedFold(net, task, temperature, thresholds, int(best["epoch"]), device)
 
 
@@ -470,8 +483,9 @@ def summarise(
     rule = "Youden's J" if target is None else f"sensitivity {target}"
     fold_aucs = np.array([f["auc"] for f in folds if np.isfinite(f["auc"])])
     ece, before, after = _calibration(raw, probs, labels, multiclass)
-    save_png(roc_figure(labels, probs, list(names), aucs), out / "roc.png")
-    save_png(reliability_figure(before, after), out / "reliability.png")
+    if distributed.is_main():
+        save_png(roc_figure(labels, probs, list(names), aucs), out / "roc.png")
+        save_png(reliability_figure(before, after), out / "reliability.png")
     summary: dict[str, Any] = {
         "mean_auc": mean_auc(aucs),
         "per_label": per_label,
@@ -552,7 +566,8 @@ def train_cls(
         rows = fold_rows(data, assignment, fold, config)
         run_dir = out / f"fold_{fold}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_split(run_dir / "split.csv", data, rows)
+        if distributed.is_main():
+            _write_split(run_dir / "split.csv", data, rows)
         log.info(
             "fold %d/%d: %s",
             fold + 1,
@@ -610,10 +625,12 @@ def train_cls(
         "folds": folds,
         "config": asdict(config),
     }
-    if pictures and config.explain:
-        _focus_montage(scored, pictures, names, out / "lung_focus.png")
-    _write_predictions(out / "predictions.csv", scored)
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float))
+    if distributed.is_main():
+        if pictures and config.explain:
+            _focus_montage(scored, pictures, names, out / "lung_focus.png")
+        _write_predictions(out / "predictions.csv", scored)
+        write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float))
+    distributed.barrier()
     return summary
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from cxrssl.augment import MapKind, box_affine, warp_maps
 from cxrssl.data.datasets import FolderDataset, Record, index_files, read_labels_table
@@ -30,6 +30,7 @@ from cxrssl.data.pool import Pool, build_pool, open_sources
 from cxrssl.data.splits import make_split, resolve_patient_ids
 from cxrssl.errors import DatasetError
 from cxrssl.parallel import pool_context
+from cxrssl.train import distributed
 
 log = logging.getLogger(__name__)
 
@@ -238,10 +239,21 @@ def cls_loader(
     Training draws ``samples`` items an epoch (default N) from the global torch RNG, which
     the engine seeds per epoch: a small labelled set is cycled through several times, a large
     one sampled without replacement. A last batch of one is dropped (batch norm cannot train
-    on it).
+    on it). Under ``torchrun`` with several processes a training loader is one shuffled
+    pass, each process its shard (``samples`` does not apply; ``batch_size`` is per process).
     """
     dataset = LabelledPool(data)
-    sampler = None
+    sampler: Sampler[int] | None = distributed.train_sampler(dataset) if train else None
+    if sampler is not None:  # torchrun: each process its shard of one shuffled pass
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            drop_last=True,
+            persistent_workers=workers > 0,
+            multiprocessing_context=pool_context() if workers > 0 else None,
+        )
     drop = False
     if train:
         n = samples or len(dataset)

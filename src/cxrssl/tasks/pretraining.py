@@ -41,7 +41,7 @@ from cxrssl.files import atomic_open
 from cxrssl.ssl import create_method, parse_method
 from cxrssl.ssl.base import PretrainMethod
 from cxrssl.study.runner import write_json_atomic
-from cxrssl.train import FitResult, TrainConfig, Trainer
+from cxrssl.train import FitResult, TrainConfig, Trainer, distributed
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +310,9 @@ def pretrain(
             exclude_patients=exclude_patients,
             exclude_files=exclude_files,
         )
-    out.mkdir(parents=True, exist_ok=True)
-    _write_failures(out / "failures.csv", pool.failures)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        _write_failures(out / "failures.csv", pool.failures)
     held = hold_out(pool.patient_ids, config.holdout, config.max_holdout, config.seed)
     train_pool, val_pool = pool.subset(np.flatnonzero(~held)), pool.subset(np.flatnonzero(held))
     model = build_method(config)
@@ -367,5 +368,7 @@ def pretrain(
         "seconds": sum(h.get("seconds", 0.0) for h in fit.history),
         "config": asdict(config),
     }
-    write_json_atomic(out / "summary.json", summary)
+    if distributed.is_main():
+        write_json_atomic(out / "summary.json", summary)
+    distributed.barrier()
     return PretrainResult(out, fit, len(pool), len(val_pool), list(pool.failures))

@@ -22,6 +22,7 @@ from cxrssl.data.splits import resolve_patient_ids
 from cxrssl.errors import CxrsslError, DatasetError
 from cxrssl.geometry import Box, Letterbox, apply_crop, letterbox, letterbox_mask, whole_box
 from cxrssl.io import read_image, read_mask
+from cxrssl.train import distributed
 from cxrssl.train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -256,8 +257,13 @@ def loader(cache: SegCache, batch_size: int, train: bool) -> DataLoader:
     """Batches of (images uint8 (B, 1, S, S), masks uint8 (B, 1, S, S)).
 
     Training loaders shuffle (with the global torch RNG, which the engine seeds per epoch)
-    and drop a last batch of one (batch norm cannot train on it).
+    and drop a last batch of one (batch norm cannot train on it). Under ``torchrun`` with
+    several processes a training loader gives each process its shard of every global batch
+    (a ``DistributedSampler``; ``batch_size`` is per process, incomplete batches dropped).
     """
     data = TensorDataset(cache.images, cache.masks)
+    sampler = distributed.train_sampler(data) if train else None
+    if sampler is not None:
+        return DataLoader(data, batch_size=batch_size, sampler=sampler, drop_last=True)
     drop = train and len(cache) % batch_size == 1
     return DataLoader(data, batch_size=batch_size, shuffle=train, drop_last=drop)

@@ -63,6 +63,7 @@ from cxrssl.tasks.seg_task import SegmentationTask, postprocess, predict_probs, 
 from cxrssl.train import (
     TrainConfig,
     Trainer,
+    distributed,
     load_checkpoint,
     load_init,
     resolve_device,
@@ -358,7 +359,9 @@ def fit_fold(
             probs = _batched_probs([net], val.images, device, tta=True)
             threshold, _ = tune_threshold(probs, val.masks, config.target_sensitivity)
     best["extra"] = {**best["extra"], "threshold": threshold}
-    save_checkpoint(run_dir / "best.pt", best)
+    if distributed.is_main():
+        save_checkpoint(run_dir / "best.pt", best)
+    distributed.barrier()
     return FoldFit(net, threshold, int(best["epoch"]), result.history, device, plain)
 
 
@@ -427,11 +430,13 @@ def train_seg(
         if not len(test):
             log.info("one fold: trained on every patient, nothing left to score")
             summary = _summary(config, [], [], n_folds)
-            write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+            if distributed.is_main():
+                write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
             break
         rows, fold_masks, worth = score_fold(fitted.net, test, fitted, config)
         for path, mask in zip(test.paths, fold_masks, strict=True):
-            write_mask(out / "predictions" / f"{path.stem}.png", mask)
+            if distributed.is_main():
+                write_mask(out / "predictions" / f"{path.stem}.png", mask)
         means = {k: nanmean([r[k] for r in rows]) for k in REPORTED}
         folds.append(
             {
@@ -457,8 +462,9 @@ def train_seg(
         )
         # Rewritten after every fold, so a stopped run still shows its finished folds.
         summary = _summary(config, folds, per_image, n_folds)
-        write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
-        write_history_csv(out / "per_image.csv", per_image)
+        if distributed.is_main():
+            write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+            write_history_csv(out / "per_image.csv", per_image)
     return summary
 
 

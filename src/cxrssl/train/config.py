@@ -42,6 +42,8 @@ class TrainConfig:
         freeze: Parameter-name prefixes that are not trained.
         channels_last: Keep 4-D weights in channels-last memory order (about 30 % faster
             convolutions on CPU; usual for cuDNN too). Numbers change only by rounding.
+        sync_batchnorm: Under ``torchrun`` with several processes, batch-norm statistics
+            over the global batch (``SyncBatchNorm``; CUDA only); ignored in one process.
     """
 
     epochs: int = 100
@@ -64,6 +66,7 @@ class TrainConfig:
     lr_mult: dict[str, float] = field(default_factory=dict)
     freeze: tuple[str, ...] = ()
     channels_last: bool = True
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         checks = {

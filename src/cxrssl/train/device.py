@@ -8,16 +8,24 @@ from typing import Any
 import torch
 
 from cxrssl.train.config import TrainingError
+from cxrssl.train.distributed import world
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; other names as given."""
+    """``"auto"`` -> CUDA when available, else CPU; other names as given.
+
+    Under ``torchrun`` with more than one process, ``"auto"`` and ``"cuda"`` (no index)
+    mean ``cuda:LOCAL_RANK``, one device per process.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError as err:
         raise TrainingError(f"unknown device {name!r}") from err
+    _, local_rank, size = world()
+    if device.type == "cuda" and device.index is None and size > 1:
+        device = torch.device("cuda", local_rank)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"device {name!r} requested but CUDA is not available")
     return device

@@ -21,6 +21,26 @@ Determinism: every epoch starts from seeds derived from ``(seed, epoch)`` (globa
 inside a forked RNG scope, the augmentation generator, the loader's shuffle), so a run
 resumed from its last checkpoint continues with the same numbers as an uninterrupted run
 on the same CPU, and the caller's global RNG state is left untouched.
+
+Distributed (under ``torchrun`` with ``WORLD_SIZE > 1``; see :mod:`cxrssl.train.distributed`):
+the process group is initialised from the environment, the device is ``cuda:LOCAL_RANK``
+(or the CPU), and the model is wrapped in PyTorch's ``DistributedDataParallel`` after the
+parameter groups and frozen prefixes are built on the unwrapped model (names without
+``module.``). ``DistributedDataParallel`` wraps a small module whose forward is the task's
+``training_step`` (called with the unwrapped model), so tasks that call methods of the
+model other than ``forward`` synchronise their gradients too. Checkpoints hold the unwrapped
+``state_dict`` (the same keys as a single-process run). Each process trains on its shard
+of the global batch (the loader's ``DistributedSampler``, reseeded here each epoch from
+``(seed, epoch)``), so ``batch_size`` is per process. The augmentation generator and the
+global torch RNG are offset by rank (rank 0 draws what a single process draws). The
+finite-step flags are all-reduced (minimum), so a NaN on one rank skips the step on every
+rank; the epoch's mean losses are averaged over the ranks. Validation runs on rank 0 over
+the whole validation loader (modules with a boolean ``gather`` attribute, such as
+``NTXentLoss``, are switched to local for it); rank 0's epoch row (hence the improve and
+early-stop decisions) is broadcast to every rank. Only rank 0 writes the run folder (config,
+checkpoints, CSV, TensorBoard) and shows progress bars; a barrier after each epoch's
+writes lets every rank read them (``--resume``: every rank loads ``last.pt``).
+``sync_batchnorm`` converts batch norm to ``SyncBatchNorm`` (CUDA only).
 """
 
 from __future__ import annotations
@@ -28,8 +48,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -38,6 +58,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cxrssl.train import distributed
 from cxrssl.train.checkpoint import load_checkpoint, save_checkpoint
 from cxrssl.train.config import TrainConfig, TrainingError
 from cxrssl.train.device import resolve_device, to_device
@@ -92,6 +113,34 @@ def total_grad_norm(params: Iterable[nn.Parameter]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
+class _TrainingStep(nn.Module):
+    """``forward(batch, generator)`` is ``task.training_step(model, ...)``: what
+    ``DistributedDataParallel`` wraps, so any task's step synchronises gradients."""
+
+    def __init__(self, model: nn.Module, task: Task) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(
+        self, batch: Batch, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.task.training_step(self.model, batch, generator)
+
+
+@contextmanager
+def _local_losses(model: nn.Module) -> Iterator[None]:
+    """Switch off cross-process gathering (``gather`` attributes) while one rank evaluates."""
+    switched = [m for m in model.modules() if getattr(m, "gather", None) is True]
+    for module in switched:
+        setattr(module, "gather", False)  # noqa: B010 (a plain attribute of any module)
+    try:
+        yield
+    finally:
+        for module in switched:
+            setattr(module, "gather", True)  # noqa: B010
+
+
 class Trainer:
     """Train ``model`` for ``task`` with ``config``, writing the run folder ``run_dir``.
 
@@ -121,7 +170,15 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
     ) -> None:
         self.config = config
+        self.distributed = distributed.init_from_env()
+        self.rank = distributed.rank()
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)
+        if config.sync_batchnorm and self.distributed:
+            if self.device.type != "cuda":
+                raise TrainingError("sync_batchnorm needs CUDA devices (SyncBatchNorm)")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)  # type: ignore[call-overload]
         self.task = task
@@ -132,6 +189,10 @@ class Trainer:
         self.callbacks = list(callbacks)
         groups = param_groups(model, config.lr, config.lr_mult, config.freeze)
         self.optimizer = make_optimizer(config.optimizer, groups, config.lr, config.weight_decay)
+        self.step_module: nn.Module = _TrainingStep(self.model, task)
+        if self.distributed:  # after the groups: their names carry no "module." prefix
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_module = nn.parallel.DistributedDataParallel(self.step_module, device_ids=ids)
         cuda = self.device.type == "cuda"
         bf16 = cuda and torch.cuda.is_bf16_supported()
         self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
@@ -173,7 +234,7 @@ class Trainer:
     def _restore(self, path: Path) -> bool:
         ckpt = load_checkpoint(path, map_location=self.device)
         saved = ckpt.get("config", {})
-        ignore = {"progress", "tensorboard", "device"}
+        ignore = {"progress", "tensorboard", "device", "sync_batchnorm"}
         changed = sorted(
             k for k, v in asdict(self.config).items() if k not in ignore and saved.get(k) != v
         )
@@ -196,10 +257,12 @@ class Trainer:
 
     # ----------------------------------------------------------------- training
     def _seed_epoch(self, epoch: int, loader: Iterable[Batch]) -> None:
-        seed = (self.config.seed * 1_000_003 + epoch) % (2**63)
+        seed = (self.config.seed * 1_000_003 + epoch + self.rank * 1_000_000_007) % (2**63)
         torch.manual_seed(seed)  # inside fit's fork_rng: dropout, default loader shuffle
         self.generator.manual_seed(seed)
         sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, torch.utils.data.DistributedSampler):
+            sampler.seed = self.config.seed  # the same order on every rank
         if sampler is not None and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
 
@@ -226,7 +289,7 @@ class Trainer:
         checks = [torch.isfinite(loss.detach()).all()]
         if norm is not None and not self.scaler.is_enabled():
             checks.append(torch.isfinite(norm).to(checks[0].device))
-        flags = torch.stack(checks).tolist()
+        flags = distributed.all_reduce_flag(torch.stack(checks)).tolist()  # a NaN anywhere
         return bool(flags[0]), bool(flags[1]) if len(flags) > 1 else True
 
     def train_epoch(self, loader: Iterable[Batch]) -> dict[str, float]:
@@ -241,14 +304,14 @@ class Trainer:
         bar = tqdm(
             loader,
             desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
-            disable=not self.config.progress,
+            disable=not (self.config.progress and distributed.is_main()),
             leave=False,
             dynamic_ncols=True,
         )
         for step, batch in enumerate(bar):
             batch = to_device(batch, self.device)
             with self._autocast():
-                loss, parts = self.task.training_step(self.model, batch, self.generator)
+                loss, parts = self.step_module(batch, self.generator)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)  # a no-op without the float16 scaler
@@ -286,7 +349,11 @@ class Trainer:
                     f"{self.epoch + 1}, batch {step}); {hint}, or lower the learning rate "
                     f"(now {self.scheduler.get_last_lr()[0]:.3g})"
                 )
-        out = {f"train_{k}": (v / max(steps, 1)).item() for k, v in sums.items()}
+        means = {k: v / max(steps, 1) for k, v in sums.items()}
+        if self.distributed and means:  # every rank has the same keys and steps
+            reduced = distributed.all_reduce_mean(torch.stack(list(means.values())))
+            means = dict(zip(means, reduced, strict=True))
+        out = {f"train_{k}": v.item() for k, v in means.items()}
         out["skipped_batches"] = float(skipped)
         return out
 
@@ -295,7 +362,7 @@ class Trainer:
         """``task.evaluate`` in eval mode, without gradients, under AMP where enabled."""
         self.model.eval()
         batches = (to_device(b, self.device) for b in loader)
-        with self._autocast():
+        with self._autocast(), _local_losses(self.model):
             return self.task.evaluate(self.model, batches)
 
     def _improved(self, value: float) -> bool:
@@ -335,18 +402,21 @@ class Trainer:
             TrainingError: Persistent non-finite loss or gradients, or a monitored metric
                 that is missing or non-finite (raised after that epoch's ``last.pt``).
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        main = distributed.is_main()
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.setup(len(train_loader))  # type: ignore[arg-type]
         last = self.run_dir / "last.pt"
-        if resume and last.is_file():
+        if distributed.broadcast_object(resume and main and last.is_file()):
             self.stop = self._restore(last)
-        write_yaml(
-            self.run_dir / "config.yaml",
-            {"train": asdict(self.config), "model": self.model_spec, **self.run_config},
-        )
+        if main:
+            write_yaml(
+                self.run_dir / "config.yaml",
+                {"train": asdict(self.config), "model": self.model_spec, **self.run_config},
+            )
         devices = [self.device] if self.device.type == "cuda" else []
         board = None
-        if self.config.tensorboard:
+        if self.config.tensorboard and main:
             board = TensorBoard(self.run_dir / "tensorboard", first_step=self.epoch + 1)
         try:
             with torch.random.fork_rng(devices=devices):
@@ -355,6 +425,7 @@ class Trainer:
         finally:
             if board is not None:
                 board.close()
+        distributed.barrier()  # every rank may read best.pt now
         return FitResult(self.best, self.best_epoch, self.epoch, self.history, self.run_dir)
 
     def _overlays(self, val_loader: Any) -> dict[str, torch.Tensor]:
@@ -375,8 +446,10 @@ class Trainer:
         lr = float(self.scheduler.get_last_lr()[0])
         row: dict[str, float] = {"epoch": float(self.epoch + 1), "lr": lr}
         row |= self.train_epoch(train_loader)
-        if val_loader is not None:
+        main = distributed.is_main()
+        if val_loader is not None and main:
             row |= {f"val_{k}": float(v) for k, v in self.validate(val_loader).items()}
+        row = distributed.broadcast_object(row)  # rank 0's: the same decisions everywhere
         monitor = self.config.monitor
         key = f"val_{monitor}" if val_loader is not None else f"train_{monitor}"
         if monitor is not None and key not in row:
@@ -392,12 +465,14 @@ class Trainer:
         if self.config.patience and self.bad_epochs >= self.config.patience:
             log.info("early stop: no better %s for %d epochs", key, self.bad_epochs)
             self.stop = True
-        if improved:
-            save_checkpoint(self.run_dir / "best.pt", self._payload(full=False))
-        save_checkpoint(self.run_dir / "last.pt", self._payload(full=True))
-        write_history_csv(self.run_dir / "metrics.csv", self.history)
+        if main:
+            if improved:
+                save_checkpoint(self.run_dir / "best.pt", self._payload(full=False))
+            save_checkpoint(self.run_dir / "last.pt", self._payload(full=True))
+            write_history_csv(self.run_dir / "metrics.csv", self.history)
         if board is not None:
             board.log(self.epoch, row, self._overlays(val_loader))
+        distributed.barrier()  # the epoch's files are complete for every rank
         if monitor is not None and not math.isfinite(row[key]):
             # After last.pt and metrics.csv: --resume continues once the cause is fixed.
             raise TrainingError(
@@ -410,6 +485,9 @@ class Trainer:
         shown = ", ".join(
             f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train_loss", "val_"))
         )
-        log.info("epoch %d/%d: %s (%.1f s)", self.epoch, self.config.epochs, shown, row["seconds"])
+        if main:
+            log.info(
+                "epoch %d/%d: %s (%.1f s)", self.epoch, self.config.epochs, shown, row["seconds"]
+            )
         for callback in self.callbacks:
             callback(self, row)
