@@ -252,11 +252,14 @@ def _warn_collapse(trainer: Trainer, row: dict[str, float]) -> None:
 
 
 def build_method(config: PretrainConfig) -> nn.Module:
-    """The method's network with seeded initial weights."""
+    """The method's network with seeded initial weights. Under ``torchrun`` with several
+    processes a contrastive method gathers its NT-Xent negatives from every process unless
+    ``method_kwargs`` says ``gather: false``."""
     kwargs = {
         "encoder": config.encoder,
         "encoder_kwargs": dict(config.encoder_kwargs),
         "temperature": config.temperature,
+        "gather": distributed.world()[2] > 1,
         **config.method_kwargs,
     }
     with torch.random.fork_rng(devices=[]):
