@@ -381,12 +381,26 @@ def _logits(
     return task.logits(net, (to_device(b, device) for b in loader))
 
 
-def _focus(
-    net: nn.Module, task: ClassificationTask, data: ClsData, device: torch.device
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Lung focus (N, C), the lungs' area share (N,) and, per image, the input, its lungs and
-    its maps (for pictures), in the network's input frame."""
-    shares, areas, pictures = [], [], []
+@dataclass
+class Focus:
+    """Grad-CAM lung focus of a set of images, in the network's input frame.
+
+    Attributes:
+        lungs: (N, C) share of each map's mass inside the rule-based lungs.
+        box: (N, C) share inside the lung box (1 for a lung-box model: its input is the box).
+        lung_area: (N,) the lungs' share of the input.
+        pictures: per image, (2 + C, S, S): the input, its lungs, its maps.
+    """
+
+    lungs: np.ndarray
+    box: np.ndarray
+    lung_area: np.ndarray
+    pictures: list[np.ndarray]
+
+
+def _focus(net: nn.Module, task: ClassificationTask, data: ClsData, device: torch.device) -> Focus:
+    """Grad-CAM of every image and label, and its lung focus."""
+    shares, in_box, areas, pictures = [], [], [], []
     net.eval()
     outputs = list(range(len(data.labels.names)))
     for batch in cls_loader(data, 16, False):
@@ -396,6 +410,7 @@ def _focus(
         boxes = None if task.crop else batch[2]
         focus = lung_focus(cam, lungs, boxes)
         shares.append(focus["lungs"].cpu())
+        in_box.append(focus["box"].cpu() if "box" in focus else torch.ones_like(shares[-1]))
         areas.append(focus["lung_area"].cpu())
         for i in range(len(x)):
             pictures.append(
@@ -403,7 +418,9 @@ def _focus(
                     [x[i, :1].cpu().numpy(), lungs[i, :1].cpu().numpy(), cam[i].cpu().numpy()]
                 )
             )
-    return torch.cat(shares).numpy(), torch.cat(areas).numpy(), pictures
+    return Focus(
+        torch.cat(shares).numpy(), torch.cat(in_box).numpy(), torch.cat(areas).numpy(), pictures
+    )
 
 
 def _focus_montage(
@@ -505,10 +522,12 @@ def summarise(
         summary["lung_focus"] = {
             "mean": float(np.nanmean(focus)),
             "median": float(np.nanmedian(focus)),
+            "box_mean": float(np.nanmean([r["box_focus"] for r in scored])),
             "lung_area": float(np.mean([r["lung_area"] for r in scored])),
             "label": scored[0]["focus_label"],
             "note": "share of the Grad-CAM mass inside the rule-based lungs; lung_area is "
-            "the lungs' share of the input (what an even map would score)",
+            "the lungs' share of the input (what an even map would score); box_mean: the share "
+            "inside the lung box (1 for a lung-box model, whose input is the box)",
         }
     return summary
 
@@ -592,12 +611,16 @@ def train_cls(
             row["thresholds"] = fitted.thresholds
             fold_rows_out.append(row)
         if config.explain and len(test):
-            shares, areas, pics = _focus(fitted.net, fitted.task, test, fitted.device)
+            focus = _focus(fitted.net, fitted.task, test, fitted.device)
             k = focus_label
-            for row, share, area in zip(fold_rows_out, shares[:, k], areas, strict=True):
-                row |= {"lung_focus": float(share), "lung_area": float(area)}
-                row["focus_label"] = names[k]
-            pictures += pics
+            for i, row in enumerate(fold_rows_out):
+                row |= {
+                    "lung_focus": float(focus.lungs[i, k]),
+                    "box_focus": float(focus.box[i, k]),
+                    "lung_area": float(focus.lung_area[i]),
+                    "focus_label": names[k],
+                }
+            pictures += focus.pictures
         folds.append(
             {
                 "fold": fold,
@@ -740,14 +763,12 @@ def _explain(predictor: ClsPredictor, data: ClsData, probs: np.ndarray, folder: 
     """Grad-CAM per image and label (mean over the ensemble), its lung focus, pictures."""
     task = predictor.task
     names = predictor.names
-    shares_all, areas_all, pics_all = [], [], []
-    for net in predictor.models:
-        shares, areas, pics = _focus(net, task, data, predictor.device)
-        shares_all.append(shares)
-        areas_all.append(areas)
-        pics_all.append(pics)
+    each = [_focus(net, task, data, predictor.device) for net in predictor.models]
+    pics_all = [f.pictures for f in each]
     cams = [np.mean([p[i][2:] for p in pics_all], axis=0) for i in range(len(data))]
-    shares = np.mean(shares_all, axis=0)
+    shares = np.mean([f.lungs for f in each], axis=0)
+    in_box = np.mean([f.box for f in each], axis=0)
+    areas = each[0].lung_area
     rows = []
     folder.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(data.files):
@@ -763,7 +784,8 @@ def _explain(predictor: ClsPredictor, data: ClsData, probs: np.ndarray, folder: 
                     "label": label,
                     "prob": float(probs[i, c]),
                     "lung_focus": float(shares[i, c]),
-                    "lung_area": float(areas_all[0][i]),
+                    "box_focus": float(in_box[i, c]),
+                    "lung_area": float(areas[i]),
                 }
             )
     with atomic_open(folder / "lung_focus.csv", "w") as f:
