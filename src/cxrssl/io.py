@@ -28,6 +28,16 @@ Choices, each made once here:
   inverted so that dense is bright.
 - Refused: missing, empty, truncated, undecodable or constant images, multi-page TIFF and
   multi-frame DICOM (3-D), compressed DICOM without an installed decoder.
+- Refused before decoding: an image of more than :data:`MAX_PIXELS` pixels (the environment
+  variable ``CXRSSL_MAX_PIXELS`` overrides it), so that a small file claiming a huge size
+  (a decompression bomb) never allocates its pixels. PNG (``IHDR``), JPEG (the ``SOF``
+  marker) and BMP sizes are read from the header; DICOM ``Rows`` x ``Columns`` after the
+  header is parsed and before the pixel data is decoded. TIFF and any other format, whose
+  size OpenCV gives only by decoding, are checked right after decoding, before any further
+  processing.
+- DICOM metadata never leaves this module: only the pixels come back, so patient tags
+  (name, id, birth date, accession number, institution) cannot reach logs, tables or
+  written images, and error messages name the file, never a tag's value.
 - PNG colour-management chunks (iCCP, sRGB, gAMA, cHRM) and ``sBIT`` (read here, above) are
   dropped before decoding: OpenCV ignores them anyway, and libpng would print warnings about
   bad profiles or depths straight to stderr.
@@ -37,6 +47,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import struct
 from pathlib import Path
 
@@ -52,7 +63,9 @@ from cxrssl.files import write_bytes_atomic
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_PIXELS",
     "is_image_file",
+    "pixel_limit",
     "read_gray8",
     "read_image",
     "read_mask",
@@ -71,11 +84,16 @@ IMAGE_SUFFIXES: tuple[str, ...] = (
 )
 """Lowercase suffixes read by :func:`read_image`; extensionless DICOM is found by its magic."""
 
+MAX_PIXELS = 100_000_000
+"""The most pixels (width x height) an image may have; ``CXRSSL_MAX_PIXELS`` overrides it."""
+
+MAX_PIXELS_ENV = "CXRSSL_MAX_PIXELS"
 _DICOM_SUFFIXES = (".dcm", ".dicom")
 _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR  # keeps 16 bits, drops alpha
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_DROPPED_CHUNKS = (b"iCCP", b"sRGB", b"gAMA", b"cHRM", b"sBIT")
 _PNG_COLOUR_SAMPLES = {0: 1, 2: 3, 4: 1, 6: 3}  # sBIT bytes of the grey or RGB samples
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _DECODER_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
 _EMPTY = "empty file (0 bytes)"
@@ -255,6 +273,9 @@ def _decode_raster(path: Path, data: bytes) -> tuple[np.ndarray, int | None]:
     """Decode with OpenCV after format checks: (H, W) or (H, W, 3) BGR, native dtype, and
     the significant bits of a 16-bit PNG's ``sBIT`` chunk (None without one)."""
     sbit = None
+    header_size = _raster_header_size(data)
+    if header_size is not None:
+        _check_pixels(path, *header_size)
     if data.startswith(_PNG_MAGIC):
         kind = "PNG"
         data, sbit = _checked_png(path, data)
@@ -291,11 +312,79 @@ def _decode_raster(path: Path, data: bytes) -> tuple[np.ndarray, int | None]:
                 f"{data[:8]!r}; expected PNG, JPEG, TIFF, BMP or DICOM)",
             )
         raise ImageReadError(path, f"corrupt {kind} data (OpenCV cannot decode it)")
+    if header_size is None:  # TIFF and other formats: checked once decoded
+        _check_pixels(path, image.shape[1], image.shape[0])
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim != 2 and not (image.ndim == 3 and image.shape[2] == 3):
         raise ImageReadError(path, f"3-D image of shape {image.shape}; expected H x W or colour")
     return image, sbit
+
+
+def pixel_limit() -> int:
+    """The pixel limit in force: ``CXRSSL_MAX_PIXELS`` when set, else :data:`MAX_PIXELS`.
+
+    Raises:
+        ValueError: ``CXRSSL_MAX_PIXELS`` is not a positive integer.
+    """
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
+    if not text:
+        return MAX_PIXELS
+    if not text.isdigit() or int(text) <= 0:
+        raise ValueError(f"{MAX_PIXELS_ENV}={text!r} is not a positive whole number of pixels")
+    return int(text)
+
+
+def _check_pixels(path: Path, width: int, height: int) -> None:
+    """Refuses an image of more pixels than :func:`pixel_limit` allows."""
+    try:
+        limit = pixel_limit()
+    except ValueError as e:
+        raise ImageReadError(path, str(e)) from None
+    if width * height > limit:
+        raise ImageReadError(
+            path,
+            f"image of {width} x {height} = {width * height:,} pixels is over the limit of "
+            f"{limit:,} pixels (set {MAX_PIXELS_ENV} to raise it)",
+        )
+
+
+def _raster_header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG, JPEG or BMP header; None for other formats or a header
+    too damaged to say (decoding then reports the damage)."""
+    if data.startswith(_PNG_MAGIC) and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = struct.unpack_from(">II", data, 16)
+        return width, height
+    if data.startswith(b"\xff\xd8\xff"):
+        return _jpeg_size(data)
+    if data.startswith(b"BM") and len(data) >= 26:
+        width, height = struct.unpack_from("<ii", data, 18)
+        return abs(width), abs(height)  # a negative height means top-down rows
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first start-of-frame marker before the first scan."""
+    pos, size = 2, len(data)
+    while pos + 4 <= size:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        if marker == 0xDA:  # a scan before any frame header
+            return None
+        if marker in _JPEG_SOF:
+            if pos + 9 > size:
+                return None
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            return width, height
+        pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
+    return None
 
 
 def _checked_png(path: Path, data: bytes) -> tuple[bytes, int | None]:
@@ -389,6 +478,7 @@ def _read_dicom(path: Path, data: bytes) -> np.ndarray:
         raise ImageReadError(path, f"unreadable DICOM header ({_summary(e)})") from None
     if "PixelData" not in ds:
         raise ImageReadError(path, "DICOM file holds no pixel data (truncated, or not an image)")
+    _check_dicom_pixels(path, ds)
     frames = int(ds.get("NumberOfFrames") or 1)
     if frames > 1:
         raise ImageReadError(
@@ -421,6 +511,16 @@ def _read_dicom(path: Path, data: bytes) -> np.ndarray:
         raise ImageReadError(path, f"3-D image of shape {pixels.shape}; expected H x W")
     image = _dicom_grey(path, ds, pixels)
     return 1 - image if photometric == "MONOCHROME1" else image
+
+
+def _check_dicom_pixels(path: Path, ds: pydicom.Dataset) -> None:
+    """Refuses a DICOM whose Rows x Columns is over the pixel limit, before its pixel data is
+    decoded (multi-frame files are refused next, also before decoding)."""
+    try:
+        rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    except (TypeError, ValueError):
+        raise ImageReadError(path, "DICOM Rows or Columns is not a number") from None
+    _check_pixels(path, columns, rows)
 
 
 def _dicom_grey(path: Path, ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:

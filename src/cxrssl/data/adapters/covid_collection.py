@@ -13,7 +13,10 @@ Two layouts:
   ``image_relpath`` (relative to the folder above this one), ``finding`` (findings joined by
   ``", "``) and ``patient_group_id`` (the patient id with duplicated rows merged), used as
   the patient. Labels are the findings present, in alphabetical order; ``No Finding`` rows
-  are all zero.
+  are all zero. An ``image_relpath`` must stay inside that folder above: an absolute path,
+  or one whose ``..`` parts climb out of it (``../../etc/passwd``), is refused with a
+  :class:`DatasetError` naming the table's line; nothing is read from such a table. (The
+  check is on the written path, so data staged through symbolic links still reads.)
 
 The two mask folders share 64 images of 45 patients: split them by patient together.
 """
@@ -21,8 +24,9 @@ The two mask folders share 64 images of 45 patients: split them by patient toget
 from __future__ import annotations
 
 import csv
+import posixpath
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from cxrssl.data.datasets import DatasetWarning, FolderDataset, Record
 from cxrssl.data.table import read_table
@@ -63,7 +67,8 @@ def covid_labels(root: str | Path) -> FolderDataset:
     Rows whose image is missing are dropped with one :class:`DatasetWarning`.
 
     Raises:
-        DatasetError: the table lacks ``image_relpath``, ``finding`` or ``patient_group_id``.
+        DatasetError: the table lacks ``image_relpath``, ``finding`` or ``patient_group_id``,
+            or an ``image_relpath`` is absolute or climbs out of the folder above ``root``.
     """
     root = Path(root)
     table = root / "labels.csv"
@@ -74,8 +79,8 @@ def covid_labels(root: str | Path) -> FolderDataset:
     findings = [_findings(r["finding"]) for r in rows]
     names = sorted(set().union(*findings) - {NO_FINDING})
     records, missing = [], []
-    for row, found in zip(rows, findings, strict=True):
-        path = root.parent / row[_RELPATH]
+    for line, (row, found) in enumerate(zip(rows, findings, strict=True), start=2):
+        path = root.parent / _inside(table, line, row[_RELPATH])
         if not path.is_file():
             missing.append(row[_RELPATH])
             continue
@@ -89,6 +94,20 @@ def covid_labels(root: str | Path) -> FolderDataset:
             stacklevel=2,
         )
     return FolderDataset(records, root=root, name=root.name, label_names=names)
+
+
+def _inside(table: Path, line: int, relpath: str | None) -> str:
+    """``relpath`` when it names a file below the data root; refuses an absolute path or one
+    whose ``..`` parts leave the root (judged on the text, before any file is touched)."""
+    text = (relpath or "").strip().replace("\\", "/")
+    absolute = PurePosixPath(text).is_absolute() or PureWindowsPath(text).drive != ""
+    normal = posixpath.normpath(text) if text else ""
+    if absolute or normal == ".." or normal.startswith("../"):
+        raise DatasetError(
+            f"{table}: line {line}: {_RELPATH} {relpath!r} is outside the data folder "
+            f"{table.parent.parent}; paths must be relative and stay inside it"
+        )
+    return text
 
 
 def _findings(text: str) -> set[str]:
