@@ -6,11 +6,30 @@ A killed run never leaves a half-written mask, CSV, report or checkpoint behind.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+_SUFFIX = ".tmp"
+
+
+def _prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def remove_partial(path: str | Path) -> int:
+    """Remove the temporary siblings of ``path`` that a writer killed mid-write left
+    behind (``.NAME.*.tmp``); returns how many. Call it only when nothing writes ``path``."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return 0
+    stale = list(path.parent.glob(f"{glob.escape(_prefix(path))}*{_SUFFIX}"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
 
 
 @contextlib.contextmanager
@@ -24,7 +43,7 @@ def atomic_open(path: str | Path, mode: str = "w", fsync: bool = False) -> Itera
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=_SUFFIX)
     try:
         binary = "b" in mode
         encoding, newline = (None, None) if binary else ("utf-8", "")

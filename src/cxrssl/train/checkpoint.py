@@ -11,8 +11,8 @@ checkpoint leaves out the optimizer, scheduler and scaler.
 
 from __future__ import annotations
 
+import errno
 import logging
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,50 @@ class CheckpointError(CxrsslError):
     """A checkpoint that cannot be read or is not a cxrssl checkpoint."""
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint that could not be written (a full disk, a read-only folder); the file
+    it would have replaced is unchanged. Also an ``OSError``, as the failure it reports."""
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``err``: itself, or the cause or context that ``torch.save``
+    wraps in a ``RuntimeError`` when a write of its zip writer fails."""
+    seen: BaseException | None = err
+    for _ in range(4):
+        if seen is None or isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _write_error(path: Path, err: OSError) -> CheckpointWriteError:
+    if err.errno == errno.ENOSPC:
+        what = "no space left on device"
+    else:
+        what = err.strerror or str(err) or type(err).__name__
+    return CheckpointWriteError(
+        f"{path}: cannot write checkpoint: {what}; the previous {path.name}, if any, is "
+        "unchanged and no partial file is left (free space, then --resume continues from it)"
+    )
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically: a temporary file in the same folder,
-    flushed, then renamed over ``path`` (a killed run never leaves a half-written file)."""
-    with atomic_open(path, "wb", fsync=True) as f:
-        torch.save({"format_version": FORMAT_VERSION, **payload}, f)
+    flushed, then renamed over ``path`` (a killed run never leaves a half-written file).
+
+    Raises:
+        CheckpointWriteError: The write failed (a full disk, say); ``path`` keeps its
+            previous content and the temporary file is removed.
+    """
+    path = Path(path)
+    try:
+        with atomic_open(path, "wb", fsync=True) as f:
+            torch.save({"format_version": FORMAT_VERSION, **payload}, f)
+    except (OSError, RuntimeError) as err:
+        cause = _os_error(err)
+        if cause is None:
+            raise
+        raise _write_error(path, cause) from err
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -50,9 +89,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"{path}: cannot read checkpoint ({first})") from err
+    except Exception as err:  # a damaged file fails in many ways (IndexError, OSError...)
+        first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint, the file is damaged, truncated or not a "
+            f"checkpoint ({first})"
+        ) from err
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise CheckpointError(f"{path}: not a cxrssl checkpoint (no format_version)")
     if ckpt["format_version"] > FORMAT_VERSION:

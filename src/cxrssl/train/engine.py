@@ -58,8 +58,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cxrssl.files import remove_partial
 from cxrssl.train import distributed
-from cxrssl.train.checkpoint import load_checkpoint, save_checkpoint
+from cxrssl.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cxrssl.train.config import TrainConfig, TrainingError
 from cxrssl.train.device import resolve_device, to_device
 from cxrssl.train.optim import lr_factor, make_optimizer, param_groups
@@ -232,7 +233,17 @@ class Trainer:
         return payload
 
     def _restore(self, path: Path) -> bool:
-        ckpt = load_checkpoint(path, map_location=self.device)
+        """Load ``last.pt`` into the model, optimiser, schedule and history.
+
+        Raises:
+            CheckpointError: A damaged, truncated or foreign ``last.pt`` (one line naming
+                the file; deleting it starts the run again), never a bare traceback.
+        """
+        hint = f"delete {path} to start the run again from epoch 1"
+        try:
+            ckpt = load_checkpoint(path, map_location=self.device)
+        except CheckpointError as err:
+            raise CheckpointError(f"{err}; {hint}") from err
         saved = ckpt.get("config", {})
         ignore = {"progress", "tensorboard", "device", "sync_batchnorm"}
         changed = sorted(
@@ -242,15 +253,21 @@ class Trainer:
             log.warning(
                 "resuming %s with changed settings %s: the run is no longer exact", path, changed
             )
-        self.model.load_state_dict(ckpt["state_dict"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        assert self.scheduler is not None
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch = int(ckpt["epoch"])
-        self.best, self.best_epoch = ckpt["best"], ckpt["best_epoch"]
-        self.bad_epochs = int(ckpt["bad_epochs"])
-        self.history = list(ckpt["history"])
+        try:
+            self.model.load_state_dict(ckpt["state_dict"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            assert self.scheduler is not None
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            self.epoch = int(ckpt["epoch"])
+            self.best, self.best_epoch = ckpt["best"], ckpt["best_epoch"]
+            self.bad_epochs = int(ckpt["bad_epochs"])
+            self.history = list(ckpt["history"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            what = f"no {err}" if isinstance(err, KeyError) else str(err).splitlines()[0][:200]
+            raise CheckpointError(
+                f"{path}: not a last.pt of this run, or damaged ({what}); {hint}"
+            ) from err
         self.extra = {**ckpt.get("extra", {}), **self.extra}
         log.info("resumed %s after epoch %d", path, self.epoch)
         return bool(ckpt.get("stopped", False))
@@ -407,6 +424,9 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.setup(len(train_loader))  # type: ignore[arg-type]
         last = self.run_dir / "last.pt"
+        if resume and main:
+            for name in ("last.pt", "best.pt"):
+                remove_partial(self.run_dir / name)  # left by a run killed mid-write
         if distributed.broadcast_object(resume and main and last.is_file()):
             self.stop = self._restore(last)
         if main:
