@@ -244,18 +244,8 @@ def cls_loader(
     """
     dataset = LabelledPool(data)
     sampler: Sampler[int] | None = distributed.train_sampler(dataset) if train else None
-    if sampler is not None:  # torchrun: each process its shard of one shuffled pass
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            drop_last=True,
-            persistent_workers=workers > 0,
-            multiprocessing_context=pool_context() if workers > 0 else None,
-        )
-    drop = False
-    if train:
+    drop = sampler is not None  # torchrun: each process its shard of one shuffled pass
+    if train and sampler is None:
         n = samples or len(dataset)
         sampler = RandomSampler(dataset, num_samples=n)
         drop = n % batch_size == 1
