@@ -389,6 +389,7 @@ def test_torchrun_train_seg_writes_one_run_folder(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("run folder:") == 1  # rank 0 alone reports
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} >= {"summary.json", "per_image.csv", "predictions"}
     for fold in ("fold_0", "fold_1"):

@@ -9,6 +9,7 @@ from typing import Any
 from cxrssl.nets.encoders import ENCODERS
 from cxrssl.tasks.classification import SPLITS, ClsConfig, predict_cls, train_cls
 from cxrssl.tasks.seg_data import CROPS
+from cxrssl.train import distributed
 
 _DEFAULT = ClsConfig()
 
@@ -177,6 +178,8 @@ def run_train_cls(args: argparse.Namespace) -> int:
     summary = train_cls(
         args.images, args.out, config, args.labels, args.label_columns, resume=args.resume
     )
+    if not distributed.is_main():  # under torchrun rank 0 alone reports
+        return 0
     print(
         f"{'label':<20} {'ROC AUC [95% CI by patient]':>30} {'PR AUC':>8} {'sens':>6} {'spec':>6}"
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrssl.errors import CxrsslError
+from cxrssl.train import distributed
 
 _METHODS_HELP = (
     "simclr, mask-weighted, mask-pooled, regional, pathology, lung-crop, attention, "
@@ -130,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         exclude_files=_test_images(args.exclude_images),
         resume=args.resume,
     )
+    if not distributed.is_main():  # under torchrun rank 0 alone reports
+        return 1 if result.failures else 0
     last = result.fit.history[-1] if result.fit.history else {}
     shown = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("val_"))
     print(

@@ -11,6 +11,7 @@ from cxrssl.nets import NETS
 from cxrssl.tasks.seg_data import CROPS
 from cxrssl.tasks.seg_task import POSTPROCESS
 from cxrssl.tasks.segmentation import SegConfig, predict, train_seg
+from cxrssl.train import distributed
 
 _DEFAULT = SegConfig()
 
@@ -138,6 +139,8 @@ def run_train_seg(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     summary = train_seg(args.images, args.masks, args.out, config, resume=args.resume)
+    if not distributed.is_main():  # under torchrun rank 0 alone reports
+        return 0
     over_folds = summary.get("mean_std_over_folds", {})
     if over_folds:
         print(f"{'metric':<12} {'mean ± std over folds':>22}  {'per image [95% CI by patient]'}")
