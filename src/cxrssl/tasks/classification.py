@@ -247,9 +247,8 @@ def _write_split(path: Path, data: ClsData, rows: dict[str, np.ndarray]) -> None
     for name, idx in rows.items():
         side[idx] = name
     keep = np.flatnonzero(side != "")
-    write_split_csv(
-        path, [data.files[i] for i in keep], [data.patient_ids[i] for i in keep], side[keep]
-    )
+    files = data.files  # the property builds the list: once, not per row
+    write_split_csv(path, [files[i] for i in keep], [data.patient_ids[i] for i in keep], side[keep])
 
 
 def build_model(config: ClsConfig, n_outputs: int, seed: int) -> nn.Module:
@@ -598,10 +597,11 @@ def train_cls(
         logits, truth = _logits(fitted.net, fitted.task, cls_loader(test, 64, False), fitted.device)
         raw = probabilities(logits, labels.multiclass)
         probs = probabilities(apply_temperature(logits, fitted.temperature), labels.multiclass)
+        test_files = test.files
         fold_rows_out = []
         for i in range(len(test)):
             row: dict[str, Any] = {
-                "file": test.files[i],
+                "file": test_files[i],
                 "patient_id": test.patient_ids[i],
                 "fold": fold,
             }
