@@ -1,5 +1,6 @@
-"""``cxrssl demo``: reproducible, resumable without recomputing finished units, and honest
-about what it skipped."""
+"""``cxrssl demo`` / ``cxrssl study``: pre-trained methods beside scratch with paired
+differences, reproducible, resumable without recomputing finished units, recomputing what a
+data change touches, and honest about what it skipped."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pytest
 
 import cxrssl.study.units as units_module
 from cxrssl.cli.main import main
 from cxrssl.data.datasets import sample
 
-TINY = "size: 32\nk_values: [3, null]\nseeds: [0, 1]\nsteps: 3\nbatch_size: 4\ngallery: 1\n"
+TINY = (
+    "size: 32\nk_values: [3, null]\nseeds: [0, 1]\nsteps: 3\nbatch_size: 4\ngallery: 1\n"
+    "methods: [simclr]\npretrain: {epochs: 1, batch_size: 4, holdout: 0.3}\nprogress: false\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +42,14 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _argv(data: Path, out: Path, config: Path) -> list[str]:
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXRSSL_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _argv(verb: str, data: Path, out: Path, config: Path) -> list[str]:
     return [
-        "demo",
+        verb,
         "--data",
         str(data),
         "--out",
@@ -51,56 +61,80 @@ def _argv(data: Path, out: Path, config: Path) -> list[str]:
     ]
 
 
-def _demo(data: Path, out: Path, config: Path) -> dict[str, Any]:
-    assert main(_argv(data, out, config)) == 0
+def _run(data: Path, out: Path, config: Path, verb: str = "demo") -> dict[str, Any]:
+    assert main(_argv(verb, data, out, config)) == 0
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
     return report
 
 
+def _config(tmp_path: Path, text: str = TINY) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(text)
+    return path
+
+
 def test_same_seed_same_numbers_and_every_section(small: Path, tmp_path: Path) -> None:
-    config = tmp_path / "tiny.yaml"
-    config.write_text(TINY)
-    a = _demo(small, tmp_path / "a", config)
-    b = _demo(small, tmp_path / "b", config)
-    assert a["efficiency"] == b["efficiency"]
+    config = _config(tmp_path)
+    a = _run(small, tmp_path / "a", config)
+    b = _run(small, tmp_path / "b", config, verb="study")
+    assert a["efficiency"]["points"] == b["efficiency"]["points"]
+    assert a["efficiency"]["differences"] == b["efficiency"]["differences"]
     assert a["rules"]["methods"] == b["rules"]["methods"]
-    points = a["efficiency"]["methods"]["supervised"]
-    assert [p["k"] for p in points] == [3, "all"] and all(p["n"] == 2 for p in points)
-    assert set(a["rules"]["methods"]) == {"seed", "default"}
-    assert len(a["gallery"]) == 3  # worst, median, best
+    points = a["efficiency"]["points"]
+    assert {(p["method"], p["k"]) for p in points} == {
+        (m, k) for m in ("scratch", "simclr") for k in ("3", "all")
+    }
+    assert all(p["n_seeds"] == 2 for p in points)
+    verdicts = {d["verdict"] for d in a["efficiency"]["differences"]}
+    assert verdicts <= {"helps", "hurts", "no measurable difference", "not measured"}
+    assert {(d["method"], d["k"]) for d in a["efficiency"]["differences"]} == {
+        ("simclr", "3"),
+        ("simclr", "all"),
+    }
+    assert [e["method"] for e in a["efficiency"]["epochs"]] == ["simclr", "simclr"]
+    assert a["pretraining"]["simclr"]["history"]  # the curves' rows, per epoch
+    assert set(a["predictions"]) == {"scratch", "simclr"}
+    assert len(a["anatomy"]) == 3  # worst, median, best
     page = (tmp_path / "a" / "report.html").read_text()
     for heading in (
         "Data",
-        "Rule-based",
+        "Rule-based anatomy",
         "Label efficiency",
-        "Loss curves",
-        "Overlay gallery",
+        "Epochs to reach scratch",
+        "Pre-training",
+        "Fine-tuned overlays",
+        "Fine-tuning curves",
         "Environment",
         "Reproduce",
     ):
-        assert f"<h2>{heading}" in page
-    assert "cxrssl demo --data" in page
+        assert f"<h2>{heading}" in page, heading
+    assert "cxrssl demo --data" in page and "paired difference" in page
+    assert (tmp_path / "a" / "pretrain" / "simclr" / "views.png").is_file()
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")}
 
 
 def test_killed_midway_rerun_computes_only_missing_units(
     small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = tmp_path / "tiny.yaml"
-    config.write_text(TINY)
+    config = _config(tmp_path)
     real = units_module.segmentation_unit
     calls: list[str] = []
 
     def dies_on_third(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        unit = args[2]
         if len(calls) == 2:
             raise KeyboardInterrupt  # the kill
-        calls.append(unit.key)
+        calls.append(args[2].key)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(units_module, "segmentation_unit", dies_on_third)
     out = tmp_path / "run"
-    assert main(_argv(small, out, config)) == 130
+    assert main(_argv("demo", small, out, config)) == 130
     assert len(list((out / "units").glob("*.json"))) == 2
+    pretrained = _mtimes(out / "pretrain" / "units")
+    assert len(pretrained) == 1
 
     rerun: list[str] = []
 
@@ -109,18 +143,37 @@ def test_killed_midway_rerun_computes_only_missing_units(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(units_module, "segmentation_unit", counting)
-    _demo(small, out, config)
-    assert sorted(rerun) == ["supervised__kall__seed0", "supervised__kall__seed1"]
+    _run(small, out, config)
+    assert len(rerun) == 6 and not set(rerun) & set(calls)
+    assert _mtimes(out / "pretrain" / "units") == pretrained  # not pre-trained again
+
+
+def test_changed_mask_recomputes_fine_tunes_not_pretraining(
+    small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(small, data)
+    config = _config(tmp_path)
+    out = tmp_path / "run"
+    _run(data, out, config)
+    fine, pre = _mtimes(out / "units"), _mtimes(out / "pretrain" / "units")
+    mask = sorted((data / "masks").iterdir())[0]
+    picture = cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE)
+    picture[:4] = 255 - picture[:4]
+    cv2.imwrite(str(mask), picture)
+    _run(data, out, config)
+    after = _mtimes(out / "units")
+    assert set(after) == set(fine) and all(after[k] != fine[k] for k in fine)
+    assert _mtimes(out / "pretrain" / "units") == pre  # the pool reads no mask
 
 
 def test_without_masks_says_what_it_skipped(small: Path, tmp_path: Path) -> None:
     data = tmp_path / "nomasks"
     shutil.copytree(small / "images", data / "images")
-    config = tmp_path / "tiny.yaml"
-    config.write_text(TINY)
-    report = _demo(data, tmp_path / "out", config)
+    report = _run(data, tmp_path / "out", _config(tmp_path))
     assert "efficiency" not in report and not report["rules"]
     assert any("no masks/ folder" in s for s in report["skipped"])
+    assert len(report["anatomy"]) == 3  # sorted by quality instead
 
 
 def test_unknown_config_key_is_one_line_error(
@@ -130,3 +183,9 @@ def test_unknown_config_key_is_one_line_error(
     config.write_text("sizes: 3\n")
     assert main(["demo", "--out", str(tmp_path / "o"), "--config", str(config)]) == 2
     assert "unknown setting(s) ['sizes']" in capsys.readouterr().err
+
+
+def test_study_needs_a_config(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["study", "--out", "x"])
+    assert "--config" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""The label-efficiency study end to end in a tiny setting: units cached, paired differences."""
+"""The label-efficiency study end to end in a tiny setting (own pool, another test set): units
+cached, paired differences."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from cxrssl.data.datasets import sample
-from cxrssl.study.efficiency import SCRATCH, EfficiencyConfig, run_efficiency, summarise_units
+from cxrssl.study.config import StudyConfig
+from cxrssl.study.efficiency import SCRATCH, summarise_units
+from cxrssl.study.pipeline import run_study
 
 
 def _folder(root: Path, records: list, patients: list[str]) -> Path:
@@ -30,7 +33,7 @@ def test_study_runs_caches_and_pairs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     labelled = _folder(tmp_path / "lab", records[:12], [f"p{i // 2}" for i in range(12)])
     pool = _folder(tmp_path / "pool", records[12:22], [f"q{i}" for i in range(10)])
     other = _folder(tmp_path / "other", records[22:26], [f"o{i}" for i in range(4)])
-    config = EfficiencyConfig(
+    config = StudyConfig(
         labelled=str(labelled),
         pool=[str(pool)],
         tests={"other": str(other)},
@@ -45,8 +48,10 @@ def test_study_runs_caches_and_pairs(tmp_path: Path, monkeypatch: pytest.MonkeyP
         val=0.2,
         test=0.3,
         device="cpu",
+        progress=False,
     )
-    summary = run_efficiency(config, tmp_path / "out")
+    run_study(config, tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "efficiency.json").read_text())
     methods = {p["method"] for p in summary["points"]}
     assert methods == {SCRATCH, "simclr", "medsass-whole"}
     assert {p["test"] for p in summary["points"]} == {"in domain", "other"}
@@ -57,12 +62,13 @@ def test_study_runs_caches_and_pairs(tmp_path: Path, monkeypatch: pytest.MonkeyP
         "no measurable difference",
         "not measured",
     }
-    for name in ("efficiency.csv", "efficiency.md", "efficiency.png", "split.csv"):
+    assert set(summary["rules"]) == {"in domain", "other"}
+    for name in ("efficiency.csv", "efficiency.md", "efficiency.png", "split.csv", "report.html"):
         assert (tmp_path / "out" / name).is_file()
     units = sorted((tmp_path / "out" / "units").glob("*.json"))
     assert len(units) == 3 * 2 * 2
     stamp = {u.name: u.stat().st_mtime_ns for u in units}
-    run_efficiency(config, tmp_path / "out")  # everything reused
+    run_study(config, tmp_path / "out")  # everything reused
     assert {u.name: u.stat().st_mtime_ns for u in units} == stamp
     saved = json.loads((tmp_path / "out" / "efficiency.json").read_text())
     assert saved["points"] == summary["points"]

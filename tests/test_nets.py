@@ -75,7 +75,8 @@ def test_input_norm_ignores_the_letterbox_padding() -> None:
 
 def test_bad_names_and_arguments_are_reported() -> None:
     with pytest.raises(
-        CxrsslError, match=r"unknown model 'vnet'; choose one of attention_unet, unet, unet_ds"
+        CxrsslError,
+        match=r"unknown model 'vnet'; choose one of attention_unet, prior_guided, unet, unet_ds",
     ):
         create_net("vnet")
     with pytest.raises(CxrsslError, match=r"model 'unet': .*unexpected keyword argument 'depth'"):

@@ -467,6 +467,31 @@ def _stretch(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(scaled, 0, 1, out=scaled)
 
 
+def dicom_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
+    """The stored pixel array of a DICOM dataset (radiograph or CT slice).
+
+    Raises:
+        ImageReadError: compressed without an installed decoder, or truncated / undecodable.
+    """
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is not None and syntax.is_compressed:
+        try:
+            available = get_decoder(syntax).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            raise ImageReadError(
+                path, f"compressed DICOM ({syntax.name}) needs a decoder: {_DECODER_HINT}"
+            )
+    try:
+        pixels: np.ndarray = ds.pixel_array
+    except Exception as e:  # decoders raise many types on damaged or truncated data
+        raise ImageReadError(
+            path, f"DICOM pixel data is truncated or cannot be decoded ({_summary(e)})"
+        ) from None
+    return pixels
+
+
 def _read_dicom(path: Path, data: bytes) -> np.ndarray:
     """DICOM -> (H, W) grey: float32 in [0, 1] after modality LUT, VOI and MONOCHROME1
     inversion, or the native dtype for colour converted to grey."""
@@ -486,22 +511,7 @@ def _read_dicom(path: Path, data: bytes) -> np.ndarray:
             f"3-D image: multi-frame DICOM with {frames} frames; "
             "only 2-D radiographs are supported",
         )
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    if syntax is not None and syntax.is_compressed:
-        try:
-            available = get_decoder(syntax).is_available
-        except NotImplementedError:
-            available = False
-        if not available:
-            raise ImageReadError(
-                path, f"compressed DICOM ({syntax.name}) needs a decoder: {_DECODER_HINT}"
-            )
-    try:
-        pixels = ds.pixel_array
-    except Exception as e:  # decoders raise many types on damaged or truncated data
-        raise ImageReadError(
-            path, f"DICOM pixel data is truncated or cannot be decoded ({_summary(e)})"
-        ) from None
+    pixels = dicom_pixels(path, ds)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric == "PALETTE COLOR":
         pixels = apply_color_lut(pixels, ds)

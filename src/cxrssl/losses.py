@@ -42,6 +42,8 @@ class FocalTverskyLoss(nn.Module):
         gamma: focal parameter; the exponent is 1 / gamma.
         smooth_nr: added to the numerator of TI.
         smooth_dr: added to the denominator of TI.
+        batch: One TI over the whole batch (TP, FP, FN summed over every sample) instead of
+            one per sample (MONAI's ``batch``).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class FocalTverskyLoss(nn.Module):
         gamma: float = 4 / 3,
         smooth_nr: float = 1e-5,
         smooth_dr: float = 1e-5,
+        batch: bool = False,
     ) -> None:
         super().__init__()
         if gamma <= 0:
@@ -62,6 +65,7 @@ class FocalTverskyLoss(nn.Module):
             beta=beta,
             smooth_nr=smooth_nr,
             smooth_dr=smooth_dr,
+            batch=batch,
             reduction="none",
         )
 
@@ -333,6 +337,95 @@ def combined_loss(
     )
 
 
+class _PositiveBatchesOnly(nn.Module):
+    """``loss(input, target)`` where the batch's target has a positive pixel, else 0 (with a
+    zero gradient; no host synchronisation)."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        value: torch.Tensor = self.loss(input, target)
+        return torch.where(target.sum() > 0, value, torch.zeros_like(value))
+
+
+class LesionLoss(CombinedLoss):
+    """The lesion loss of seed 004: Tversky + focal Tversky + weighted BCE.
+
+    Components (each logged unweighted in ``last_components``; a weight of 0 leaves a
+    component out altogether, neither computed nor logged: the loss ablation):
+
+    - ``tversky``: ``1 - TI`` with TI = TP / (TP + alpha FP + beta FN) on sigmoid
+      probabilities, TP, FP and FN summed over the whole batch (MONAI ``TverskyLoss`` with
+      ``batch=True``). Per image, a lesion-free image would score TI ~ 0 whatever is
+      predicted (0 / epsilon: a constant with a vanishing gradient); pooled over the batch,
+      its false positives count against the batch's lesions, which is what precision needs.
+    - ``focal_tversky``: ``(1 - TI) ** gamma`` of the same pooled TI, the seed's formula:
+      gamma 2 makes nearly solved batches weigh less, the hard ones more. (In
+      :class:`FocalTverskyLoss`'s convention, Abraham & Khan's, the exponent is ``1 / gamma``:
+      this is ``FocalTverskyLoss(gamma=1 / gamma, batch=True)``.)
+    - ``weighted_bce``: :class:`WeightedBCELoss` with ``pos_weight = clamp(pos_weight_factor
+      * negative pixels / positive pixels, 1, max_pos_weight)`` per batch (100 and 1000).
+
+    A batch without a positive pixel: both Tversky terms are 0 there (there is no lesion to
+    overlap, and TI would be ~0 whatever is predicted), and the BCE's pos_weight is
+    ``max_pos_weight``, which weighs nothing as no pixel is positive; so the batch is trained
+    by the plain BCE of its negatives, pushing every pixel towards background.
+
+    Everything is computed in float32 (pooled sums over a batch of 512 px images are not safe
+    in half precision).
+
+    Args:
+        tversky_weight: Weight of ``tversky``.
+        focal_tversky_weight: Weight of ``focal_tversky``.
+        weighted_bce_weight: Weight of ``weighted_bce``.
+        alpha: Weight of false positives in TI.
+        beta: Weight of false negatives in TI.
+        gamma: Exponent of ``1 - TI`` in the focal term (> 0).
+        pos_weight_factor: Multiplier of the negative / positive pixel ratio.
+        max_pos_weight: Cap of the BCE's pos_weight.
+
+    Raises:
+        LossError: Every weight 0, a negative weight, or a bad gamma or pos_weight setting.
+    """
+
+    def __init__(
+        self,
+        tversky_weight: float = 0.4,
+        focal_tversky_weight: float = 0.3,
+        weighted_bce_weight: float = 0.3,
+        alpha: float = 0.3,
+        beta: float = 0.7,
+        gamma: float = 2.0,
+        pos_weight_factor: float = 100.0,
+        max_pos_weight: float = 1000.0,
+    ) -> None:
+        if gamma <= 0:
+            raise LossError(f"lesion loss gamma must be positive, got {gamma}")
+        weights = {
+            "tversky": float(tversky_weight),
+            "focal_tversky": float(focal_tversky_weight),
+            "weighted_bce": float(weighted_bce_weight),
+        }
+        if min(weights.values()) < 0 or not any(weights.values()):
+            raise LossError(f"lesion loss weights must be >= 0, not all 0; got {weights}")
+        build: dict[str, Callable[[], nn.Module]] = {
+            "tversky": lambda: _PositiveBatchesOnly(
+                TverskyLoss(sigmoid=True, alpha=alpha, beta=beta, batch=True)
+            ),
+            "focal_tversky": lambda: _PositiveBatchesOnly(
+                FocalTverskyLoss(alpha, beta, 1 / gamma, batch=True)
+            ),
+            "weighted_bce": lambda: WeightedBCELoss(pos_weight_factor, max_pos_weight),
+        }
+        super().__init__({k: (build[k](), w) for k, w in weights.items() if w})
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Scalar weighted sum for logits ``input`` (B, 1, H, W) and ``target`` (B, 1, H, W)."""
+        return super().forward(input.float(), target.float())
+
+
 def _dice(**kw: Any) -> nn.Module:
     return DiceLoss(**{"sigmoid": True, **kw})
 
@@ -357,6 +450,7 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
     "focal": _focal,  # MONAI FocalLoss(gamma=2), sigmoid inside
     "weighted_bce": WeightedBCELoss,
     "combined": combined_loss,
+    "lesion": LesionLoss,  # seed 004: pooled Tversky + focal Tversky (gamma 2) + BCE x100
     "ntxent": NTXentLoss,
 }
 

@@ -1,4 +1,8 @@
-"""``cxrssl demo``: the main job, from radiographs to a measured HTML report."""
+"""``cxrssl demo`` and ``cxrssl study``: the main job, from radiographs to a measured report.
+
+Both run :func:`cxrssl.study.pipeline.run_study`: ``demo`` with the defaults sized for the
+built-in sample, ``study`` with a config of methods x K x seeds (examples in ``configs/``).
+"""
 
 from __future__ import annotations
 
@@ -11,33 +15,43 @@ from cxrssl.study.config import load_config
 
 
 def register(sub: Any) -> None:
-    """Add ``demo`` to the ``cxrssl`` sub-parsers."""
-    p = sub.add_parser(
+    """Add ``demo`` and ``study`` to the ``cxrssl`` sub-parsers."""
+    demo = sub.add_parser(
         "demo",
-        help="rule-based masks, label-efficiency curve and report (built-in sample by default)",
+        help="rule-based anatomy, pre-training, few-label fine-tuning beside scratch, report "
+        "(built-in sample by default)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help="a folder with images/ and optional masks/ and labels.csv "
-        "(default: the built-in sample)",
+    study = sub.add_parser(
+        "study",
+        help="the demo's pipeline with a config's methods x K x seeds, on your data",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--out", type=Path, default=Path("cxrssl-demo"), help="output folder")
-    p.add_argument("--config", type=Path, default=None, help="YAML/JSON overriding settings")
-    p.add_argument("--device", default=None, help="auto, cpu or cuda (overrides the config)")
-    p.set_defaults(func=run)
+    for p, out in ((demo, "cxrssl-demo"), (study, "cxrssl-study")):
+        p.add_argument(
+            "--data",
+            type=Path,
+            default=None,
+            help="your folder (images/ with masks/ and labels.csv, or any layout `cxrssl data` "
+            "reads): the labelled set unless the config names one, and the root of the "
+            "config's relative paths (default: the built-in sample)",
+        )
+        p.add_argument("--out", type=Path, default=Path(out), help="output folder")
+        p.add_argument("--device", default=None, help="auto, cpu or cuda (overrides the config)")
+    demo.add_argument("--config", type=Path, default=None, help="YAML/JSON overriding settings")
+    study.add_argument("--config", type=Path, required=True, help="YAML/JSON of the settings")
+    demo.set_defaults(func=run)
+    study.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the study and print where the report is."""
-    from cxrssl.study.demo import run_demo
+    """Run the study, say how long it may take, and print where the report is."""
+    from cxrssl.study.pipeline import run_study
 
     config = load_config(args.config)
     if args.device:
         config.device = args.device
     command = " ".join(["cxrssl", *(shlex.quote(a) for a in args.argv)])
-    paths = run_demo(config, args.out, args.data, command=command)
+    paths = run_study(config, args.out, args.data, command=command)
     print(f"report: {paths['html'].resolve()}")
     return 0

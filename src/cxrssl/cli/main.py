@@ -24,12 +24,19 @@ from cxrssl.errors import CxrsslError
 VERBS = {
     "data": "data",
     "masks": "masks",
+    "grow-masks": "lesions",
+    "simulate-nodules": "lesions",
+    "drr": "volume",
+    "ct-stacks": "volume",
     "pretrain": "pretrain",
     "train-seg": "train",
+    "train-lesion": "train",
     "predict": "train",
     "train-cls": "classify",
     "predict-cls": "classify",
     "evaluate-masks": "evaluate",
+    "evaluate-detections": "detections",
+    "study": "demo",
     "demo": "demo",
 }
 

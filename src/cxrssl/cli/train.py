@@ -1,4 +1,6 @@
-"""``cxrssl train-seg`` and ``cxrssl predict``: supervised segmentation."""
+"""``cxrssl train-seg``, ``cxrssl train-lesion`` and ``cxrssl predict``: supervised
+segmentation, and lesions with an optional prior map (``predict`` also writes
+``detections.csv`` for a lesion run)."""
 
 from __future__ import annotations
 
@@ -6,8 +8,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cxrssl.errors import CxrsslError
 from cxrssl.metrics import EMPTY_CONVENTIONS
-from cxrssl.nets import NETS
+from cxrssl.nets import ENCODERS, NETS
 from cxrssl.tasks.seg_data import CROPS
 from cxrssl.tasks.seg_task import POSTPROCESS
 from cxrssl.tasks.segmentation import SegConfig, predict, train_seg
@@ -107,7 +110,123 @@ def register(sub: Any) -> None:
     q.add_argument("images", type=Path, metavar="IMAGES_DIR", help="folder of radiographs")
     q.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="where the masks go")
     q.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    q.add_argument(
+        "--priors",
+        default=None,
+        help="lesion runs: prior maps, a folder (maps by stem) or heatmap, pathology, lungs "
+        "(none: the kind the run was trained with, when it can be generated)",
+    )
+    q.add_argument("--points", type=Path, default=None, help="lesion runs: points for a heatmap")
+    q.add_argument(
+        "--pixel-mm", type=float, default=None, help="lesion runs: pixel size (none: the run's)"
+    )
+    q.add_argument(
+        "--prior-shift-mm", type=float, default=0.0, help="lesion runs: heatmap point shift"
+    )
+    q.add_argument("--seed", type=int, default=0, help="lesion runs: seed of the shift directions")
     q.set_defaults(func=run_predict)
+    _register_lesion(sub, fmt)
+
+
+def _register_lesion(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    from cxrssl.tasks.lesion import DEFAULT_ENCODER, LesionConfig
+
+    d = LesionConfig()
+    p = sub.add_parser(
+        "train-lesion",
+        help="train a nodule/lesion model (prior-guided, seed 004) with patient-level k-fold "
+        "cross-validation; writes masks, detections.csv and detection figures",
+        formatter_class=fmt,
+    )
+    p.add_argument("--images", type=Path, required=True, help="folder of radiographs")
+    truth = p.add_mutually_exclusive_group(required=True)
+    truth.add_argument("--masks", type=Path, help="folder of 0/255 lesion masks, same stems")
+    truth.add_argument(
+        "--points",
+        type=Path,
+        help="nodule points CSV (file, x, y, diameter_mm or diameter_px): masks are grown from "
+        "them into RUN/masks/, an image without a point is a negative",
+    )
+    p.add_argument("--pixel-mm", type=float, default=d.pixel_mm, help="pixel size of the images")
+    p.add_argument(
+        "--priors",
+        default=None,
+        help="prior map as a second input: a folder (maps by stem), heatmap (from the points), "
+        "pathology or lungs; none: the network trains without its attention branch",
+    )
+    p.add_argument(
+        "--prior-shift-mm",
+        type=float,
+        default=d.prior_shift_mm,
+        help="displace each heatmap point by this much, in a seeded random direction per image",
+    )
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--model", default=d.model, choices=sorted(NETS), help="network")
+    p.add_argument(
+        "--encoder",
+        default=None,
+        choices=sorted(ENCODERS),
+        help=f"prior_guided's encoder (none: the --init checkpoint's, else {DEFAULT_ENCODER})",
+    )
+    p.add_argument("--loss", default=d.loss, help="loss name (cxrssl.losses)")
+    p.add_argument("--size", type=int, default=d.size, help="letterboxed input side")
+    p.add_argument(
+        "--crop", choices=CROPS, default=None, help="input crop (none: --init's, else 'none')"
+    )
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per fold")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate of all but the encoder")
+    p.add_argument(
+        "--encoder-lr",
+        type=float,
+        default=d.lr * d.encoder_lr_mult,
+        help="learning rate of the encoder",
+    )
+    p.add_argument(
+        "--freeze-stages",
+        type=int,
+        default=None,
+        help="encoder stages frozen from the finest (none: all but the last two with --init, "
+        "else 0)",
+    )
+    p.add_argument("--freeze-encoder", action="store_true", help="freeze the whole encoder")
+    p.add_argument("--folds", type=int, default=d.folds, help="patient folds")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=d.val_fraction,
+        help="share of each fold's training patients that chooses the epoch and threshold",
+    )
+    p.add_argument("--n-labelled", type=int, default=None, help="labelled images per fold")
+    p.add_argument("--init", default=None, help="checkpoint to initialise the encoder from")
+    p.add_argument(
+        "--postprocess", default=d.postprocess, choices=POSTPROCESS, help="mask clean-up"
+    )
+    p.add_argument("--tta", action="store_true", help="average with the flipped prediction")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument(
+        "--min-diameter-px",
+        type=float,
+        default=d.min_diameter_px,
+        help="smallest detection kept",
+    )
+    p.add_argument(
+        "--empty",
+        choices=sorted(EMPTY_CONVENTIONS),
+        default=d.empty,
+        help="empty-mask convention of the reported metrics",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help=f"early-stopping patience (none: {d.patience} with validation patients, else 0)",
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of splits, priors and training")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_train_lesion)
 
 
 def run_train_seg(args: argparse.Namespace) -> int:
@@ -139,8 +258,14 @@ def run_train_seg(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     summary = train_seg(args.images, args.masks, args.out, config, resume=args.resume)
+    _report(summary, args.out)
+    return 0
+
+
+def _report(summary: dict[str, Any], out: Path) -> None:
+    """Print the mean +- std over folds and the per-image figures (rank 0 alone)."""
     if not distributed.is_main():  # under torchrun rank 0 alone reports
-        return 0
+        return
     over_folds = summary.get("mean_std_over_folds", {})
     if over_folds:
         print(f"{'metric':<12} {'mean ± std over folds':>22}  {'per image [95% CI by patient]'}")
@@ -150,14 +275,95 @@ def run_train_seg(args: argparse.Namespace) -> int:
         print(f"{name:<12} {s['mean']:>13.4f} ± {s['std']:.4f}  {ci} n {pooled['n']}")
     if over_folds:
         print(summary["empty_convention"])
-    print(f"run folder: {args.out}")
+    found = summary.get("detection")
+    if found:
+        print(
+            f"detection: {found['found']} of {found['n_truth']} nodules found (sensitivity "
+            f"{found['sensitivity']:.4f}), precision {found['precision']:.4f}, "
+            f"{found['fp_per_image']:.3f} false positives per image"
+        )
+    print(f"run folder: {out}")
+
+
+def run_train_lesion(args: argparse.Namespace) -> int:
+    """Train a lesion model, then print the figures over folds and the detections."""
+    from cxrssl.tasks.lesion import LesionConfig, train_lesion
+
+    if args.lr <= 0 or args.encoder_lr < 0:
+        raise CxrsslError(f"learning rates must be positive, got {args.lr} and {args.encoder_lr}")
+    default = LesionConfig()
+    patience = args.patience
+    if patience is None:
+        patience = default.patience if args.val_fraction > 0 else 0
+    if args.encoder and args.model != "prior_guided":
+        raise CxrsslError(f"--encoder applies to --model prior_guided, not {args.model}")
+    config = LesionConfig(
+        model=args.model,
+        model_kwargs={"encoder": args.encoder} if args.encoder else {},
+        loss=args.loss,
+        size=args.size,
+        crop=args.crop,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        encoder_lr_mult=args.encoder_lr / args.lr,
+        freeze_encoder=args.freeze_encoder,
+        freeze_stages=args.freeze_stages,
+        folds=args.folds,
+        val_fraction=args.val_fraction,
+        n_labelled=args.n_labelled,
+        init=args.init,
+        augment=not args.no_augment,
+        postprocess=args.postprocess,
+        tta=args.tta,
+        empty=args.empty,
+        patience=patience,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+        priors=args.priors,
+        prior_shift_mm=args.prior_shift_mm,
+        pixel_mm=args.pixel_mm,
+        min_diameter_px=args.min_diameter_px,
+    )
+    summary = train_lesion(
+        args.images, args.out, config, args.masks, args.points, resume=args.resume
+    )
+    _report(summary, args.out)
     return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    """Predict a folder; exit 1 when some images could not be read."""
-    written, failed = predict(args.checkpoint, args.images, args.out_dir, device=args.device)
+    """Predict a folder (masks, and detections.csv for a lesion run); exit 1 when some
+    images could not be read."""
+    from cxrssl.tasks.lesion import lesion_extra, predict_lesions
+
+    lesion_options = {
+        "--priors": args.priors,
+        "--points": args.points,
+        "--pixel-mm": args.pixel_mm,
+    }
+    if lesion_extra(args.checkpoint) is not None:
+        written, failed, detections = predict_lesions(
+            args.checkpoint,
+            args.images,
+            args.out_dir,
+            args.priors,
+            args.points,
+            args.pixel_mm,
+            args.prior_shift_mm,
+            args.seed,
+            args.device,
+        )
+    else:
+        given = [k for k, v in lesion_options.items() if v is not None]
+        if given:
+            raise CxrsslError(f"{args.checkpoint}: {', '.join(given)} apply to lesion runs only")
+        written, failed = predict(args.checkpoint, args.images, args.out_dir, device=args.device)
+        detections = None
     for line in failed:
         print(f"failed: {line}")
     print(f"{len(written)} mask(s) written to {args.out_dir}")
+    if detections is not None:
+        print(f"detections: {detections}")
     return 1 if failed else 0

@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from cxrssl.errors import CxrsslError
+from cxrssl.nets.prior_guided import PriorGuidedNet
 from cxrssl.nets.unet import UNet
 
 
@@ -29,6 +30,7 @@ NETS: dict[str, Callable[..., nn.Module]] = {
     "unet": _unet,
     "attention_unet": _attention_unet,
     "unet_ds": _unet_ds,
+    "prior_guided": PriorGuidedNet,  # seed 004: image + prior (last channel), lesion logits
 }
 """Name -> builder taking ``in_channels``, ``out_channels`` and the class's keywords."""
 

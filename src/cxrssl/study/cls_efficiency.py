@@ -249,7 +249,7 @@ def run_cls_efficiency(config: ClsStudyConfig, out: str | Path) -> dict[str, Any
         test_patients = {data.patient_ids[i] for i in np.flatnonzero(side == 0)}
         assert not test_patients & {data.patient_ids[i] for i in keep}
 
-        checkpoints = pretrain_checkpoints(
+        pretrained = pretrain_checkpoints(
             pool,
             pre_methods,
             out / "pretrain",
@@ -259,6 +259,7 @@ def run_cls_efficiency(config: ClsStudyConfig, out: str | Path) -> dict[str, Any
             device=device,
             stamp={"limit": config.pool_limit},
         )
+        checkpoints = {m: r["checkpoint"] for m, r in pretrained.items()}
     timings["pre-training"] = time.perf_counter() - t
 
     t = time.perf_counter()

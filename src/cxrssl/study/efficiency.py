@@ -1,50 +1,22 @@
-"""The label-efficiency study of pre-training: which method, at which K labelled images, beats
+"""The figures of a label-efficiency study: which method, at which K labelled images, beats
 training from scratch, in domain and on a source no model trained on.
 
-Protocol (the README runs it on ``../shared/data``):
-
-1. The labelled set is split by patient into train / val / test. K images are drawn from the
-   training patients per seed (each seed its own draw, shared by every method, so differences
-   are paired); validation chooses the epoch and threshold; test patients score.
-2. The pool is every radiograph of the pool folders, less every image of a labelled test
-   patient (dropped deliberately, then guarded: ``build_pool`` refuses test patients and
-   copies of test images by content). Masks of the pool are never read.
-3. A pre-training unit per method (seed ``pretrain_seed``) writes a checkpoint; fine-tuning
-   units (method, K, seed) start from it (the encoder, or the whole U-Net for
-   ``medsass-whole``) and are scored on the labelled test patients and on every other test set
-   (e.g. ``jsrt``). ``scratch`` is the reference.
-4. Every unit is cached by fingerprint (``cxrssl.study.runner``): settings, data content, code.
-   A fine-tuning unit's data includes its checkpoint, so a re-run pre-training recomputes
-   the fine-tunes that used it and nothing else.
-
-Outputs in the study folder: ``efficiency.csv`` (one row per unit and test set),
-``efficiency.json`` (means, std over seeds, paired differences with CIs, verdicts),
-``efficiency.md`` and ``efficiency.png``.
+Per image and seed, a method's Dice is paired with scratch's on the same image, the same K
+draw and the same seed; the mean difference gets a 95 % CI bootstrapped over patients and a
+verdict. ``epochs_to_reach`` counts the epochs a method needs to reach scratch's best
+validation Dice (seed 000 promises 20 % fewer). :mod:`cxrssl.study.pipeline` runs the units.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
-import time
-from dataclasses import asdict, dataclass, field, fields
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cxrssl.data.datasets import FolderDataset
-from cxrssl.data.pool import Pool, build_pool, drop_patients, open_sources
-from cxrssl.data.splits import make_split, resolve_patient_ids, write_split_csv
-from cxrssl.files import atomic_open, write_bytes_atomic, write_text_atomic
 from cxrssl.metrics import aggregate, nanmean
 from cxrssl.ssl import parse_method
-from cxrssl.study.config import StudyConfig
-from cxrssl.study.pretrain_units import pretrain_checkpoints
-from cxrssl.study.runner import Unit, run_units, write_json_atomic
-from cxrssl.tasks.seg_data import SegCache, load_cache
-from cxrssl.train import resolve_device
+from cxrssl.tasks.seg_data import SegCache
 
 log = logging.getLogger(__name__)
 
@@ -53,67 +25,16 @@ WHOLE = "-whole"  # suffix: fine-tune the whole pre-trained U-Net (MedSASS end t
 MASK = "masks"
 
 
-@dataclass
-class EfficiencyConfig(StudyConfig):
-    """A label-efficiency study (YAML/JSON keys; the fine-tuning keys are ``StudyConfig``'s).
-
-    Attributes:
-        labelled: Folder of the labelled set (``images/``, ``masks/``, ``labels.csv``).
-        pool: Folders of unlabelled radiographs for pre-training.
-        tests: Other test sets, name -> folder with ``images/`` and ``masks/``.
-        methods: Pre-training methods (``cxrssl.ssl`` names; ``medsass-whole`` fine-tunes the
-            whole MedSASS U-Net); ``scratch`` is always run.
-        pretrain: ``PretrainConfig`` keys for every pre-training unit (size comes from
-            ``size``).
-        pretrain_seed: Seed of the pre-training units.
-        pool_limit: Use at most this many pool images (a seeded draw); None: all.
-        mask_workers: Processes computing the pool's rule-based maps.
-    """
-
-    labelled: str = ""
-    pool: list[str] = field(default_factory=list)
-    tests: dict[str, str] = field(default_factory=dict)
-    methods: list[str] = field(default_factory=lambda: ["simclr", "lung-crop", "medsass"])
-    pretrain: dict[str, Any] = field(default_factory=dict)
-    pretrain_seed: int = 0
-    pool_limit: int | None = None
-    mask_workers: int = 1
-
-    def training_settings(self) -> dict[str, Any]:
-        """The fine-tuning settings only, so adding a method recomputes no finished unit (a
-        unit's checkpoint and data files are in its stamp)."""
-        own = {f.name for f in fields(EfficiencyConfig)} - {f.name for f in fields(StudyConfig)}
-        return {k: v for k, v in super().training_settings().items() if k not in own}
-
-
 def base_method(name: str) -> tuple[str, bool]:
     """``"medsass-whole"`` -> (``"medsass"``, True); others -> (name, False)."""
     return (name[: -len(WHOLE)], True) if name.endswith(WHOLE) else (name, False)
 
 
-def _crop(method: str) -> str:
+def crop_of(method: str) -> str:
+    """The input crop a method fine-tunes with: a lung-box crop for `lung-crop` methods."""
     if method == SCRATCH:
         return "none"
     return "lung-box" if parse_method(base_method(method)[0])[1] else "none"
-
-
-def _pool(config: EfficiencyConfig, labelled: FolderDataset, side: np.ndarray) -> Pool:
-    test_rows = np.flatnonzero(side == "test")
-    ids = resolve_patient_ids(labelled.patient_ids())
-    test_patients = sorted({ids[i] for i in test_rows if labelled.patient_ids()[i] is not None})
-    test_files = [labelled.records[i].image for i in test_rows]
-    dataset = drop_patients(open_sources(config.pool), test_patients)
-    if config.pool_limit is not None and len(dataset) > config.pool_limit:
-        keep = np.random.default_rng(config.pretrain_seed).permutation(len(dataset))
-        dataset = dataset.subset(np.sort(keep[: config.pool_limit]))
-    return build_pool(
-        dataset,
-        config.size,
-        mask_source=config.pretrain.get("mask_source", "rules"),
-        workers=config.mask_workers,
-        exclude_patients=test_patients,
-        exclude_files=test_files,
-    )
 
 
 def _paired(
@@ -168,7 +89,8 @@ def summarise_units(rows: list[dict[str, Any]], patients: dict[str, str]) -> dic
     return {"points": points, "differences": diffs}
 
 
-def _plot(summary: dict[str, Any], path: Path, k_order: list[str]) -> None:
+def plot(summary: dict[str, Any], k_order: list[str]) -> bytes:
+    """Mean ± std over seeds against K, one line per method, one panel per test set (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,10 +127,10 @@ def _plot(summary: dict[str, Any], path: Path, k_order: list[str]) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
+    return buf.getvalue()
 
 
-def _markdown(summary: dict[str, Any], k_order: list[str], rules: dict[str, float]) -> str:
+def markdown(summary: dict[str, Any], k_order: list[str], rules: dict[str, float]) -> str:
     lines = []
     for test in sorted({p["test"] for p in summary["points"]}):
         lines += [f"### {test}", ""]
@@ -251,7 +173,7 @@ def _markdown(summary: dict[str, Any], k_order: list[str], rules: dict[str, floa
     return "\n".join(lines)
 
 
-def _rules_dice(caches: dict[str, SegCache]) -> dict[str, float]:
+def rules_dice(caches: dict[str, SegCache]) -> dict[str, float]:
     """Mean Dice of the default rule-based lungs against the expert masks, per test set."""
     from cxrssl.anatomy import lung_mask
     from cxrssl.io import read_image, read_mask
@@ -269,110 +191,41 @@ def _rules_dice(caches: dict[str, SegCache]) -> dict[str, float]:
     return out
 
 
-def run_efficiency(config: EfficiencyConfig, out: str | Path) -> dict[str, Any]:
-    """Run (or finish) the study in ``out``; returns the summary written to JSON."""
-    t0 = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = str(resolve_device(config.device))
-    labelled = FolderDataset.from_folder(config.labelled, masks=[MASK])
-    ids = resolve_patient_ids(labelled.patient_ids(), labelled.files())
-    side = make_split(ids, val=config.val, test=config.test, seed=config.split_seed)
-    write_split_csv(out / "split.csv", labelled.files(), labelled.patient_ids(), side)
-    methods = [SCRATCH, *config.methods]
-    crops = {_crop(m) for m in methods}
-    caches = {c: load_cache(labelled, config.size, mask=MASK, crop=c) for c in crops}
-    for c in caches.values():
-        c.patient_ids = list(ids)
-    other = {
-        name: FolderDataset.from_folder(folder, masks=[MASK])
-        for name, folder in config.tests.items()
-    }
-    other_caches = {
-        c: {n: load_cache(ds, config.size, mask=MASK, crop=c) for n, ds in other.items()}
-        for c in crops
-    }
-    timings: dict[str, float] = {"data": time.perf_counter() - t0}
+def epochs_to_reach(curves: dict[tuple[str, str, int], list[float]]) -> list[dict[str, Any]]:
+    """Epochs each method needs to reach scratch's best validation Dice, per K.
 
-    # Pre-training units, one per base method.
-    t = time.perf_counter()
-    bases = sorted({base_method(m)[0] for m in config.methods})
-    checkpoints: dict[str, str] = {}
-    if bases:
-        pool = _pool(config, labelled, side)
-        log.info("pool: %d images (%d failed)", len(pool), len(pool.failures))
+    Args:
+        curves: (method, K, seed) -> validation Dice per epoch.
 
-        checkpoints = pretrain_checkpoints(
-            pool,
-            bases,
-            out / "pretrain",
-            config.pretrain,
-            size=config.size,
-            seed=config.pretrain_seed,
-            device=device,
-            stamp={"limit": config.pool_limit},
+    Returns:
+        One row per (method, K): seeds compared, seeds that reached scratch's best, the mean
+        epochs to it (over the seeds that reached it) and scratch's mean epochs to its best.
+    """
+    out = []
+    for method, k in dict.fromkeys((m, k) for m, k, _ in curves if m != SCRATCH):
+        mine, ref = [], []
+        n = 0
+        for (m, kk, seed), curve in curves.items():
+            base = curves.get((SCRATCH, kk, seed))
+            if (m, kk) != (method, k) or not base or not curve:
+                continue
+            n += 1
+            target = max(base)
+            hit = next((i + 1 for i, v in enumerate(curve) if v >= target), None)
+            if hit is not None:
+                mine.append(hit)
+                ref.append(int(np.argmax(base)) + 1)
+        out.append(
+            {
+                "method": method,
+                "k": k,
+                "seeds": n,
+                "reached": len(mine),
+                "epochs": float(np.mean(mine)) if mine else None,
+                "scratch_epochs": float(np.mean(ref)) if ref else None,
+                "epochs_run": len(
+                    next(c for (m, kk, _), c in curves.items() if (m, kk) == (method, k))
+                ),
+            }
         )
-    timings["pre-training"] = time.perf_counter() - t
-
-    # Fine-tuning units.
-    t = time.perf_counter()
-    from cxrssl.study.units import segmentation_unit
-
-    data_files = [p for r in labelled.records for p in (r.image, r.masks[MASK])]
-    data_files += [p for ds in other.values() for r in ds.records for p in (r.image, r.masks[MASK])]
-    rows: list[dict[str, Any]] = []
-    for method in methods:
-        base, whole = base_method(method)
-        init = checkpoints.get(base)
-        crop = _crop(method)
-        units = [Unit(method, k, s) for k in config.k_values for s in config.seeds]
-
-        fine = partial(
-            segmentation_unit,
-            caches[crop],
-            side,
-            config=config,
-            out=out,
-            save_predictions=False,
-            init=init,
-            init_whole=whole,
-            tests=other_caches[crop],
-        )
-        settings = {**config.training_settings(), "split": side.tolist(), "crop": crop}
-        data = data_files + ([init] if init else [])
-        results = run_units(units, fine, out, settings, data=data, device=device)
-        for unit in units:
-            res = results[unit.key]
-            k = "all" if unit.n_labelled is None else str(unit.n_labelled)
-            tests = {"in domain": res["rows"], **res.get("tests", {})}
-            for test, test_rows in tests.items():
-                rows += [
-                    {
-                        "method": method,
-                        "k": k,
-                        "seed": unit.seed,
-                        "test": test,
-                        "file": r["file"],
-                        "dice": r["dice"],
-                    }
-                    for r in test_rows
-                ]
-    timings["fine-tuning"] = time.perf_counter() - t
-
-    patients = {r.name: pid for r, pid in zip(labelled.records, ids, strict=True)}
-    summary = summarise_units(rows, patients)
-    k_order = ["all" if k is None else str(k) for k in config.k_values]
-    summary["rules"] = _rules_dice(
-        {"in domain": caches["none"].subset(np.flatnonzero(side == "test")), **other_caches["none"]}
-    )
-    summary["config"] = asdict(config)
-    summary["timings"] = {**timings, "total": time.perf_counter() - t0}
-    summary["device"] = device
-    with atomic_open(out / "efficiency.csv", "w") as fh:
-        writer = csv.DictWriter(fh, ["method", "k", "seed", "test", "file", "dice"])
-        writer.writeheader()
-        writer.writerows(rows)
-    write_json_atomic(out / "efficiency.json", summary)
-    write_text_atomic(out / "efficiency.md", _markdown(summary, k_order, summary["rules"]))
-    _plot(summary, out / "efficiency.png", k_order)
-    return summary
+    return out

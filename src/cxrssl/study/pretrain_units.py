@@ -14,7 +14,7 @@ from typing import Any
 
 from cxrssl.data.pool import Pool
 from cxrssl.study.runner import Unit, run_units
-from cxrssl.tasks.pretraining import PretrainConfig, pretrain
+from cxrssl.tasks.pretraining import VIEWS, PretrainConfig, pretrain
 
 PRETRAIN_CODE = ("cxrssl.tasks.pretraining",)  # computes a pre-training unit (with imports)
 
@@ -29,7 +29,8 @@ def pretrain_checkpoints(
     seed: int,
     device: str,
     stamp: Mapping[str, Any] | None = None,
-) -> dict[str, str]:
+    bar: Any | None = None,
+) -> dict[str, dict[str, Any]]:
     """Pre-train each method on ``pool`` under ``out/<method>``, or reuse a finished run.
 
     Args:
@@ -42,21 +43,24 @@ def pretrain_checkpoints(
         seed: Seed of every unit.
         device: The resolved device.
         stamp: Anything else the checkpoints depend on (e.g. a pool limit).
+        bar: The study's progress bar (see :func:`~cxrssl.study.runner.run_units`).
 
     Returns:
-        Method -> ``best.pt`` path.
+        Method -> its result: ``checkpoint`` (``best.pt``), ``views`` (``views.png``),
+        ``history`` (the engine's rows per epoch), ``pool`` and ``failed`` image counts.
     """
 
     def run(unit: Unit) -> dict[str, Any]:
         folder = out / unit.method
         shutil.rmtree(folder, ignore_errors=True)
-        keys = {"progress": False, "tensorboard": True, **settings}
+        keys = {"tensorboard": True, **settings, "progress": False}
         config = PretrainConfig(
             **{**keys, "method": unit.method, "size": size, "seed": seed, "device": device}
         )
         result = pretrain(pool, folder, config)
         return {
             "checkpoint": str(folder / "best.pt"),
+            "views": str(folder / VIEWS),
             "history": result.fit.history,
             "pool": len(pool),
             "failed": len(pool.failures),
@@ -64,5 +68,15 @@ def pretrain_checkpoints(
 
     units = [Unit(m, None, seed) for m in methods]
     key = {"pretrain": dict(settings), "size": size, **(stamp or {})}
-    done = run_units(units, run, out, key, data=pool.files, device=device, code=PRETRAIN_CODE)
-    return {u.method: done[u.key]["checkpoint"] for u in units}
+    done = run_units(
+        units,
+        run,
+        out,
+        key,
+        data=pool.files,
+        device=device,
+        code=PRETRAIN_CODE,
+        bar=bar,
+        label="pre-training ",
+    )
+    return {u.method: done[u.key] for u in units}

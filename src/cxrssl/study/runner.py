@@ -92,6 +92,8 @@ def run_units(
     data: Iterable[str | Path],
     device: str,
     code: Sequence[str] = UNIT_CODE,
+    bar: Any | None = None,
+    label: str = "",
 ) -> dict[str, dict[str, Any]]:
     """Compute each unit not already finished under ``folder/units``; return all results.
 
@@ -104,6 +106,10 @@ def run_units(
             names or folder, goes into the stamp.
         device: the resolved device the units run on.
         code: the modules that compute a unit (default: segmentation units).
+        bar: a ``tqdm`` bar over the study's units: it shows the running unit's name, and a
+            finished unit leaves its total (so the ETA counts only work still to do);
+            without one, a log line per unit.
+        label: what the bar shows before a unit's key (e.g. ``"pre-training "``).
 
     Raises:
         OSError: a data file cannot be read.
@@ -116,12 +122,21 @@ def run_units(
         path = folder / "units" / f"{unit.key}.json"
         cached = _cached(path, stamp)
         if cached is not None:
-            log.info("[%d/%d] %s: finished earlier, reusing %s", i, len(units), unit.key, path)
             results[unit.key] = cached
+            if bar is None:
+                log.info("[%d/%d] %s: finished earlier, reusing %s", i, len(units), unit.key, path)
+            else:
+                bar.total -= 1
+                bar.refresh()
             continue
-        log.info("[%d/%d] %s: running", i, len(units), unit.key)
+        if bar is None:
+            log.info("[%d/%d] %s: running", i, len(units), unit.key)
+        else:
+            bar.set_postfix_str(f"{label}{unit.key}", refresh=True)
         result = compute(unit)
         payload = {"fingerprint": stamp, "provenance": origin, "unit": vars(unit)}
         write_json_atomic(path, {**payload, "result": result})
         results[unit.key] = result
+        if bar is not None:
+            bar.update(1)
     return results

@@ -6,11 +6,15 @@ here. Used by the tests and by ``python -m cxrssl.study.screenshot REPORT.html O
 
 from __future__ import annotations
 
+import html as htmlmod
+import json
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -73,6 +77,46 @@ def looks_rendered(image: np.ndarray) -> dict[str, float]:
     return {"non_white": float(non_white), "coloured": float(coloured)}
 
 
+_CHECK = """<script>window.addEventListener('load',function(){var imgs=[].slice.call(
+document.images).filter(function(i){return i.getAttribute('src');});
+var r={scroll_width:document.documentElement.scrollWidth,
+view_width:window.innerWidth,images:imgs.length,
+broken:imgs.filter(function(i){return !(i.complete&&i.naturalWidth>0);}).length,
+sections:[].slice.call(document.querySelectorAll('h2')).map(function(h){return h.textContent;})};
+var p=document.createElement('pre');p.id='cxrssl-check';p.textContent=JSON.stringify(r);
+document.body.appendChild(p);});</script>"""
+
+
+def check_page(html: Path, width: int = 1280) -> dict[str, Any]:
+    """Load ``html`` in headless Chromium at ``width`` px and report what a reader would
+    meet: ``scroll_width`` against ``view_width`` (a horizontal scroll when larger), the
+    number of ``images`` and of ``broken`` ones (not decoded), and the ``sections`` (h2).
+
+    Raises:
+        CxrsslError: no Chromium, or the page did not load.
+    """
+    binary = find_chromium()
+    if binary is None:
+        raise CxrsslError("headless Chromium not found (Debian: apt-get install chromium)")
+    with tempfile.TemporaryDirectory() as tmp:
+        page = Path(tmp) / "page.html"
+        page.write_text(Path(html).read_text().replace("</body>", _CHECK + "</body>"))
+        cmd = [
+            binary,
+            *_FLAGS,
+            f"--user-data-dir={Path(tmp) / 'profile'}",
+            f"--window-size={width},900",
+            "--dump-dom",
+            page.as_uri(),
+        ]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    found = re.search(r'<pre id="cxrssl-check">(.*?)</pre>', run.stdout, re.S)
+    if found is None:
+        raise CxrsslError(f"{html}: Chromium did not load the page ({run.stderr[-300:]})")
+    result: dict[str, Any] = json.loads(htmlmod.unescape(found.group(1)))
+    return result
+
+
 if __name__ == "__main__":
     shot = screenshot(Path(sys.argv[1]), Path(sys.argv[2]))
-    print(looks_rendered(shot))
+    print(looks_rendered(shot), check_page(Path(sys.argv[1])))

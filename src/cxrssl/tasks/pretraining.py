@@ -12,7 +12,7 @@ embeddings spread over the sphere, 0 for a collapse, which logs a warning) and, 
 the Dice against the pseudo-masks.
 
 The run folder is the engine's (``config.yaml``, ``metrics.csv``, ``best.pt``, ``last.pt``,
-``tensorboard/`` with the views and their warped maps) plus ``summary.json`` and
+``tensorboard/`` with the views and their warped maps) plus ``summary.json``, ``views.png`` and
 ``failures.csv``. Checkpoints carry the method, the encoder (name and keywords), the crop and
 the input size in ``extra``: ``train-seg --init RUN/best.pt`` loads the encoder (keys
 ``encoder.*``), ``--init-whole`` the whole U-Net of MedSASS, and the crop follows.
@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 
 COLLAPSE_SPREAD = 0.1  # embedding spread below this (of about 1 when spread out) is a collapse
 EVAL_SEED = 20_240_611  # the held-out views are the same every epoch
-SHOWN = 4  # images per TensorBoard view grid
+SHOWN = 4  # images per TensorBoard view grid (and views.png)
+VIEWS = "views.png"  # the run folder's picture of the views and their maps
 
 
 @dataclass
@@ -212,6 +213,27 @@ class PretrainTask:
         return {f"view_{i}": _grid(v, method.visuals(v)) for i, v in enumerate(views)}
 
 
+def write_views(model: nn.Module, loader: Iterable[Mapping[str, torch.Tensor]], path: Path) -> None:
+    """What the method looked at, as one PNG: for the first held-out batch, each view's images
+    beside their warped maps and the method's own maps (attention, segmentation branch,
+    MedSASS prediction), one row per image, the views side by side."""
+    import cv2
+
+    from cxrssl.files import write_bytes_atomic
+    from cxrssl.train.device import to_device
+    from cxrssl.viz import png_bytes
+
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        grids = PretrainTask().overlays(model, to_device(next(iter(loader)), device))
+    tiles = [g.permute(1, 2, 0).numpy() for g in grids.values()]
+    gap = np.ones((tiles[0].shape[0], 4, 3), np.float32)
+    picture = np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)
+    rgb = (picture * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    write_bytes_atomic(path, png_bytes(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
+
+
 def hold_out(patient_ids: Sequence[str | None], share: float, most: int, seed: int) -> np.ndarray:
     """Boolean (N,) mask of held-out images: whole patients in an order drawn with ``seed``,
     added until ``share`` of the images (at least 2, at most ``most``) are held out.
@@ -373,5 +395,6 @@ def pretrain(
     }
     if distributed.is_main():
         write_json_atomic(out / "summary.json", summary)
+        write_views(trainer.model, val_loader, out / VIEWS)
     distributed.barrier()
     return PretrainResult(out, fit, len(pool), len(val_pool), list(pool.failures))

@@ -8,7 +8,7 @@ batches are tensor slices: no decoding, no worker processes, augmentation on who
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +20,24 @@ from cxrssl.anatomy import crop_box, lung_masks
 from cxrssl.data.datasets import FolderDataset
 from cxrssl.data.splits import resolve_patient_ids
 from cxrssl.errors import CxrsslError, DatasetError
-from cxrssl.geometry import Box, Letterbox, apply_crop, letterbox, letterbox_mask, whole_box
+from cxrssl.geometry import (
+    Box,
+    Letterbox,
+    apply_crop,
+    apply_letterbox,
+    letterbox,
+    letterbox_mask,
+    whole_box,
+)
 from cxrssl.io import read_image, read_mask
 from cxrssl.train import distributed
 from cxrssl.train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
+
+PriorFn = Callable[[Path, np.ndarray], np.ndarray]
+"""The prior map of an image: ``prior(path, image)`` with the decoded (H, W) image in [0, 1]
+-> an (H, W) float map in [0, 1] on the image's grid (see :func:`fit_prior`)."""
 
 CROPS = ("none", "lung-box")
 """Input crops: ``"none"`` (the whole image) or ``"lung-box"`` (the seed's option-4 box,
@@ -96,7 +108,8 @@ class SegCache:
     crops[i], shapes[i])`` maps a prediction back to the original image.
 
     Attributes:
-        images: (N, 1, S, S) uint8, image * 255 rounded.
+        images: (N, C, S, S) uint8, image * 255 rounded; C = 1, or 2 with a prior map as
+            channel 1 (cropped and letterboxed exactly like the image, * 255 rounded).
         masks: (N, 1, S, S) uint8 in {0, 1}.
         boxes: Letterbox of each (cropped) image.
         paths: Image file of each row.
@@ -169,8 +182,30 @@ def open_folders(images: str | Path, masks: str | Path) -> FolderDataset:
     return ds.subset(keep)
 
 
+def fit_prior(prior: np.ndarray, shape: tuple[int, ...], region: Box, box: Letterbox) -> np.ndarray:
+    """A prior map through the image's geometry: checked against the image's (H, W)
+    ``shape`` and [0, 1], cropped to ``region`` and letterboxed into ``box`` (bilinear, area
+    when shrinking), as uint8 * 255 rounded, the cache's form of an input channel.
+
+    Raises:
+        CxrsslError: A map of another size, or with values outside [0, 1] (or not finite).
+    """
+    prior = np.asarray(prior, dtype=np.float32)
+    if prior.shape != tuple(shape[:2]):
+        raise CxrsslError(
+            f"prior map of shape {prior.shape} does not match its image's {tuple(shape[:2])}"
+        )
+    if prior.size and not (np.isfinite(prior).all() and prior.min() >= 0 and prior.max() <= 1):
+        raise CxrsslError("prior map values must lie in [0, 1]")
+    return to_uint8(apply_letterbox(apply_crop(prior, region), box, "linear"))
+
+
 def load_cache(
-    dataset: FolderDataset, size: int, mask: str = "mask", crop: str = "none"
+    dataset: FolderDataset,
+    size: int,
+    mask: str = "mask",
+    crop: str = "none",
+    prior: PriorFn | None = None,
 ) -> SegCache:
     """Decode every image and its mask once, crop both to the image's box (:func:`input_box`,
     computed once here from the full-resolution image) and letterbox them to ``size``.
@@ -180,14 +215,17 @@ def load_cache(
         size: Side of the square network input.
         mask: Mask name in the records.
         crop: One of :data:`CROPS`.
+        prior: Builds each image's prior map (:data:`PriorFn`), cached as channel 1 after
+            the same crop and letterbox as the image (:func:`fit_prior`); None for none.
 
     Raises:
         ImageReadError: An unreadable image or a mask of another size.
-        CxrsslError: An unknown ``crop``.
+        CxrsslError: An unknown ``crop``; a prior of the wrong size or range (the message
+            names the image).
     """
     check_crop(crop)
     n = len(dataset)
-    images = np.zeros((n, 1, size, size), np.uint8)
+    images = np.zeros((n, 1 if prior is None else 2, size, size), np.uint8)
     masks = np.zeros((n, 1, size, size), np.uint8)
     boxes, crops, shapes = [], [], []
     for i, record in enumerate(dataset.records):
@@ -197,6 +235,12 @@ def load_cache(
         canvas, box = letterbox(apply_crop(image, region), size)
         images[i, 0] = to_uint8(canvas)
         masks[i, 0] = letterbox_mask(apply_crop(target, region), box)
+        if prior is not None:
+            values = prior(record.image, image)  # its own errors name their files
+            try:
+                images[i, 1] = fit_prior(values, image.shape, region, box)
+            except CxrsslError as err:
+                raise CxrsslError(f"{record.image}: {err}") from err
         boxes.append(box)
         crops.append(region)
         shapes.append((int(image.shape[0]), int(image.shape[1])))
@@ -254,7 +298,7 @@ def draw_labelled(patient_ids: Sequence[str | None], k: int, seed: int) -> np.nd
 
 
 def loader(cache: SegCache, batch_size: int, train: bool) -> DataLoader:
-    """Batches of (images uint8 (B, 1, S, S), masks uint8 (B, 1, S, S)).
+    """Batches of (images uint8 (B, C, S, S), masks uint8 (B, 1, S, S)).
 
     Training loaders shuffle (with the global torch RNG, which the engine seeds per epoch)
     and drop a last batch of one (batch norm cannot train on it). Under ``torchrun`` with

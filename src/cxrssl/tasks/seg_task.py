@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrssl.augment import AugmentConfig, augment
+from cxrssl.augment import AugmentConfig, MapKind, augment, augment_view
 from cxrssl.errors import CxrsslError
 from cxrssl.metrics import batch_metrics
 
@@ -104,14 +104,20 @@ def predict_probs(
 class SegmentationTask:
     """Binary segmentation for :class:`cxrssl.train.Trainer`.
 
-    Batches are ``(images uint8 (B, 1, S, S), masks uint8 (B, 1, S, S))``. Deep-supervision
-    outputs (B, 1 + n, 1, S, S) are weighted 1, 1/2, 1/4... (normalised). A loss that keeps
-    ``last_components`` (``cxrssl.losses.CombinedLoss``) has them logged.
+    Batches are ``(images uint8 (B, C, S, S), masks uint8 (B, 1, S, S))``: C = 1, or the
+    image followed by ``prior_channels`` prior maps, which follow the augmentation's geometry
+    as soft maps but get no photometric change. Deep-supervision outputs (B, 1 + n, 1, S, S)
+    are weighted 1, 1/2, 1/4... (normalised). A loss that keeps ``last_components``
+    (``cxrssl.losses.CombinedLoss``) has them logged.
 
     Args:
         loss: Takes (logits, target) like ``cxrssl.losses``.
         augmentation: Ranges of the batch augmentation; None trains without augmentation.
         target_sensitivity: Tune the threshold for this sensitivity instead of best Dice.
+        prior_channels: Trailing input channels that are prior maps, not image.
+        pooled_dice: Also report ``dice_pooled``, the Dice at 0.5 of all validation pixels
+            pooled (1 when neither truth nor prediction has a positive pixel): defined on any
+            validation set, and lesion-free images' false positives count in it.
     """
 
     def __init__(
@@ -119,10 +125,30 @@ class SegmentationTask:
         loss: nn.Module,
         augmentation: AugmentConfig | None = DEFAULT_AUGMENT,
         target_sensitivity: float | None = None,
+        prior_channels: int = 0,
+        pooled_dice: bool = False,
     ) -> None:
         self.loss = loss
         self.augmentation = augmentation
         self.target_sensitivity = target_sensitivity
+        self.prior_channels = int(prior_channels)
+        self.pooled_dice = pooled_dice
+
+    def _augment(
+        self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.augmentation is not None
+        if not self.prior_channels:
+            images, aug_masks = augment(images, masks, generator, self.augmentation)
+            assert aug_masks is not None
+            return images, aug_masks
+        k = self.prior_channels
+        maps: dict[str, tuple[torch.Tensor, MapKind]] = {
+            "masks": (masks, "binary"),
+            "prior": (images[:, -k:], "soft"),
+        }
+        view = augment_view(images[:, :-k], maps, generator, self.augmentation)
+        return torch.cat([view.image, view.maps["prior"]], 1), view.maps["masks"]
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if logits.ndim == 4:
@@ -138,9 +164,7 @@ class SegmentationTask:
         """Augment, forward, loss; components of the main output when the loss has them."""
         images, masks = as_float(batch[0]), batch[1].float()
         if self.augmentation is not None:
-            images, aug_masks = augment(images, masks, generator, self.augmentation)
-            assert aug_masks is not None
-            masks = aug_masks
+            images, masks = self._augment(images, masks, generator)
         loss = self._loss(model(images), masks)
         parts = getattr(self.loss, "last_components", {})
         return loss, {k: v.detach().float() for k, v in parts.items()}
@@ -150,7 +174,8 @@ class SegmentationTask:
         self, model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
     ) -> dict[str, float]:
         """Loss, Dice/IoU at 0.5 (mean over images where defined: both masks empty is left
-        out), and the tuned threshold with its Dice (``dice_tuned``)."""
+        out), the tuned threshold with its Dice (``dice_tuned``), and with ``pooled_dice``
+        the pooled ``dice_pooled``."""
         probs, masks, losses = [], [], []
         for images, target in batches:
             logits = model(as_float(images)).float()
@@ -160,24 +185,30 @@ class SegmentationTask:
         p, m = torch.cat(probs), torch.cat(masks)
         at_half = batch_metrics(p >= 0.5, m.bool())
         threshold, tuned = tune_threshold(p, m, self.target_sensitivity)
-        return {
+        out = {
             "loss": float(torch.stack(losses).sum() / len(p)),
             "dice": float(at_half["dice"].nanmean()),
             "iou": float(at_half["iou"].nanmean()),
             "dice_tuned": tuned,
             "threshold": threshold,
         }
+        if self.pooled_dice:
+            pred, truth = p >= 0.5, m.bool()
+            total = int(pred.sum() + truth.sum())
+            out["dice_pooled"] = 2 * float((pred & truth).sum()) / total if total else 1.0
+        return out
 
     @torch.no_grad()
     def overlays(
         self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """Up to 4 validation images side by side (3, S, 4 S): prediction in red, truth in
-        green (overlap yellow) over the grey image."""
+        green (overlap yellow), the prior (if any) in blue, over the grey image."""
         images, masks = as_float(batch[0][:4]), batch[1][:4].float()
         pred = (torch.sigmoid(model(images).float()) >= 0.5).float()
         grey = images[:, :1] * 0.6
-        rgb = torch.cat([grey + 0.4 * pred, grey + 0.4 * masks, grey], 1)
+        blue = grey + 0.4 * images[:, -1:] if self.prior_channels else grey
+        rgb = torch.cat([grey + 0.4 * pred, grey + 0.4 * masks, blue], 1)
         return {"val/overlay": torch.cat(list(rgb), dim=2).clamp(0, 1)}
 
 

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -49,10 +49,12 @@ from cxrssl.metrics import (
 )
 from cxrssl.nets import create_net
 from cxrssl.tasks.seg_data import (
+    PriorFn,
     SegCache,
     check_crop,
     crop_from_init,
     draw_labelled,
+    fit_prior,
     input_box,
     load_cache,
     loader,
@@ -145,12 +147,41 @@ class SegConfig:
     progress: bool = True
     tensorboard: bool = True
 
+    # Not fields (so not in config.yaml or summary.json): what a recipe built on this one
+    # (``cxrssl.tasks.lesion.LesionConfig``) changes about a run.
+    KIND: ClassVar[str] = "segmentation"
+    """The run's kind: the key of the config in ``config.yaml`` and the checkpoints."""
+    MONITOR: ClassVar[str] = "dice"
+    """Validation metric choosing the epoch (``SegmentationTask.evaluate``'s names)."""
+
     def __post_init__(self) -> None:
         if self.crop is not None:
             check_crop(self.crop)
 
+    def param_settings(self, net: nn.Module) -> tuple[dict[str, float], tuple[str, ...]]:
+        """The engine's learning-rate multipliers and frozen prefixes for ``net``: the encoder
+        at ``encoder_lr_mult``, all of it frozen with ``freeze_encoder``."""
+        lr_mult = {"encoder.": self.encoder_lr_mult} if self.encoder_lr_mult != 1 else {}
+        return lr_mult, ("encoder.",) if self.freeze_encoder else ()
 
-def resolve_crop(config: SegConfig) -> SegConfig:
+    def make_task(self, prior_channels: int = 0) -> SegmentationTask:
+        """The engine task of this recipe for inputs with ``prior_channels`` prior maps."""
+        return SegmentationTask(
+            get_loss(self.loss),
+            AugmentConfig() if self.augment else None,
+            self.target_sensitivity,
+            prior_channels,
+        )
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """Recipe data stored in every checkpoint's ``extra`` besides the segmentation's."""
+        return {}
+
+
+_Config = TypeVar("_Config", bound=SegConfig)
+
+
+def resolve_crop(config: _Config) -> _Config:
     """``config`` with its crop decided (see ``SegConfig.crop`` and
     :func:`cxrssl.tasks.seg_data.crop_from_init`)."""
     return replace(config, crop=crop_from_init(config.init, config.crop))
@@ -193,6 +224,21 @@ def _batched_probs(
         for i in range(0, len(images), 16)
     ]
     return torch.cat(out)
+
+
+def original_probs(
+    net: nn.Module, cache: SegCache, device: torch.device, tta: bool = False
+) -> list[np.ndarray]:
+    """``net``'s probabilities for every row of ``cache`` at its image's original size
+    (float32 (H, W) in [0, 1], 0 outside the crop box)."""
+    net.eval()
+    probs = _batched_probs([net], cache.images, device, tta)
+    return [
+        np.clip(restore(probs[i, 0].numpy(), box, region, shape), 0.0, 1.0)
+        for i, (box, region, shape) in enumerate(
+            zip(cache.boxes, cache.crops, cache.shapes, strict=True)
+        )
+    ]
 
 
 def original_masks(
@@ -259,6 +305,28 @@ def score_fold(
     return steps[list(steps)[-1]], masks, worth
 
 
+def engine_config(
+    config: SegConfig, net: nn.Module, validated: bool, seed: int, device: torch.device
+) -> TrainConfig:
+    """The engine settings of a fold of ``config`` training ``net``: the recipe's parameter
+    groups (:meth:`SegConfig.param_settings`), its monitor when there are validation
+    patients (``validated``), else none (the last epoch)."""
+    lr_mult, freeze = config.param_settings(net)
+    return TrainConfig(
+        epochs=config.epochs,
+        lr=config.lr,
+        patience=config.patience,
+        lr_mult=lr_mult,
+        freeze=freeze,
+        monitor=config.MONITOR if validated else None,
+        monitor_mode="max",
+        seed=seed,
+        device=str(device),
+        progress=config.progress,
+        tensorboard=config.tensorboard,
+    )
+
+
 @dataclass
 class FoldFit:
     """A trained fold: the chosen model, its threshold for the recipe's probabilities
@@ -310,24 +378,8 @@ def fit_fold(
         raise CxrsslError(f"validation images cropped {val.crop}, training images {train.crop}")
     device = resolve_device(config.device)
     net = _build_net(config, seed)
-    task = SegmentationTask(
-        get_loss(config.loss),
-        AugmentConfig() if config.augment else None,
-        config.target_sensitivity,
-    )
-    train_config = TrainConfig(
-        epochs=config.epochs,
-        lr=config.lr,
-        patience=config.patience,
-        lr_mult={"encoder.": config.encoder_lr_mult} if config.encoder_lr_mult != 1 else {},
-        freeze=("encoder.",) if config.freeze_encoder else (),
-        monitor="dice" if val is not None else None,
-        monitor_mode="max",
-        seed=seed,
-        device=str(device),
-        progress=config.progress,
-        tensorboard=config.tensorboard,
-    )
+    task = config.make_task(int(train.images.shape[1]) - 1)
+    train_config = engine_config(config, net, val is not None, seed, device)
     spec = {"name": config.model, "kwargs": {**config.model_kwargs}}
     extra = {
         "size": config.size,
@@ -335,6 +387,7 @@ def fit_fold(
         "threshold": 0.5,
         "postprocess": config.postprocess,
         "tta": config.tta,
+        **config.checkpoint_extra(),
     }
     trainer = Trainer(
         net,
@@ -343,7 +396,7 @@ def fit_fold(
         run_dir,
         spec,
         extra,
-        meta or {"segmentation": asdict(config)},
+        meta or {config.KIND: asdict(config)},
         callbacks,
     )
     val_loader = loader(val, 16, False) if val is not None else None
@@ -391,9 +444,41 @@ def train_seg(
     """
     config = resolve_crop(config or SegConfig())
     assert config.crop is not None
-    out = Path(out)
     check_empty(config.empty)
     cache = load_cache(open_folders(images, masks), config.size, crop=config.crop)
+    return cross_validate(cache, config, out, resume, callbacks)
+
+
+FoldExtra = Callable[[int, SegCache, FoldFit], dict[str, Any]]
+"""Called after each fold is scored as ``extra(fold, test_cache, fitted)``; the returned
+plain-type figures join that fold's entry of summary.json."""
+
+
+def cross_validate(
+    cache: SegCache,
+    config: SegConfig,
+    out: str | Path,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    fold_extra: FoldExtra | None = None,
+) -> dict[str, Any]:
+    """Patient-level k-fold training and scoring of a loaded ``cache`` into ``out`` (the
+    body of :func:`train_seg`; see the module doc for what is written).
+
+    Args:
+        cache: Images (with any prior channels) and masks, loaded with ``config``'s size and
+            crop.
+        config: Recipe, its crop resolved.
+        out: Run folder.
+        resume: Continue every fold from its ``last.pt``.
+        callbacks: Passed to each fold's :class:`cxrssl.train.Trainer`.
+        fold_extra: More figures per scored fold (:data:`FoldExtra`).
+
+    Returns:
+        The summary also written to ``out/summary.json``.
+    """
+    out = Path(out)
+    check_empty(config.empty)
     pids = np.asarray(resolve_patient_ids(cache.patient_ids, [p.name for p in cache.paths]))
     cache.patient_ids = list(pids)
     assignment, n_folds = _assign_folds(cache, config)
@@ -425,7 +510,7 @@ def train_seg(
             config.seed + fold,
             resume,
             callbacks,
-            {"segmentation": asdict(config), "fold": fold},
+            {config.KIND: asdict(config), "fold": fold},
         )
         if not len(test):
             log.info("one fold: trained on every patient, nothing left to score")
@@ -448,6 +533,7 @@ def train_seg(
                 "threshold": fitted.threshold,
                 **means,
                 "dice_by_step": worth,
+                **(fold_extra(fold, test, fitted) if fold_extra is not None else {}),
             }
         )
         per_image += [
@@ -497,7 +583,9 @@ def _summary(
 @dataclass
 class Predictor:
     """One model or a fold ensemble with what it was trained with: input size, crop
-    (``CROPS``; ``"none"`` for checkpoints that name none), threshold, post-processing, TTA."""
+    (``CROPS``; ``"none"`` for checkpoints that name none), threshold, post-processing, TTA,
+    and the kind of prior map it takes as a second input channel (``extra["prior"]``; None
+    for none). ``extra`` is the first checkpoint's ``extra``."""
 
     models: list[nn.Module]
     size: int
@@ -506,6 +594,8 @@ class Predictor:
     tta: bool
     device: torch.device
     crop: str = "none"
+    prior: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, checkpoint: str | Path, device: str = "auto") -> Predictor:
@@ -536,8 +626,12 @@ class Predictor:
                 f"{path}: the folds were trained with different crops {sorted(crops)}"
             )
         crop = check_crop(crops.pop())
+        priors = {e.get("prior") for e in extras}
+        if len(priors) > 1:
+            raise CxrsslError(f"{path}: the folds were trained with different priors {priors}")
         threshold = float(np.mean([e.get("threshold", 0.5) for e in extras]))
         first = extras[0]
+        prior = priors.pop()
         return cls(
             models,
             sizes.pop(),
@@ -546,45 +640,99 @@ class Predictor:
             bool(first.get("tta", False)),
             dev,
             crop,
+            None if prior is None else str(prior),
+            dict(first),
         )
 
-    def probs(self, image: np.ndarray) -> np.ndarray:
-        """(H, W) float image in [0, 1] -> (H, W) float32 probabilities at the same size
-        (0 outside the crop box)."""
+    def probs(self, image: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
+        """(H, W) float image in [0, 1] (and its (H, W) prior map in [0, 1] for a model that
+        takes one) -> (H, W) float32 probabilities at the same size (0 outside the crop box).
+
+        Raises:
+            CxrsslError: A prior missing for a model that takes one, given to one that does
+                not, or of the wrong size or range.
+        """
+        self.check_prior(prior is not None)
         region = input_box(image, self.crop)
         canvas, box = letterbox(apply_crop(image, region), self.size)
-        x = torch.from_numpy(to_uint8(canvas))[None, None].to(self.device)
+        channels = [to_uint8(canvas)]
+        if prior is not None:
+            channels.append(fit_prior(prior, image.shape, region, box))
+        x = torch.from_numpy(np.stack(channels))[None].to(self.device)
         probs = predict_probs(self.models, x, self.tta)[0, 0].cpu().numpy()
-        return restore(probs, box, region, image.shape[:2])
+        # Bilinear resizing may overshoot 1 by a rounding error: keep probabilities in [0, 1].
+        return np.clip(restore(probs, box, region, image.shape[:2]), 0.0, 1.0)
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """(H, W) float image in [0, 1] -> (H, W) uint8 {0, 1} mask at the same size (the
-        threshold > 0, so nothing outside the crop box)."""
-        mask = (self.probs(image) >= self.threshold).astype(np.uint8)
-        return postprocess(mask, self.postprocess)
+    def check_prior(self, given: bool, where: str = "the model") -> None:
+        """Raise a ``CxrsslError`` when a prior is ``given`` to a model that takes none, or
+        missing for one that takes one (``where`` names the model in the message)."""
+        if given != (self.prior is not None):
+            need = f"takes a {self.prior} prior map" if self.prior else "takes no prior map"
+            raise CxrsslError(f"{where} {need}; one was {'not ' * (not given)}given")
+
+    def mask(self, probs: np.ndarray) -> np.ndarray:
+        """Probabilities from :meth:`probs` -> (H, W) uint8 {0, 1} mask: thresholded and
+        post-processed (the threshold > 0, so nothing outside the crop box)."""
+        return postprocess((probs >= self.threshold).astype(np.uint8), self.postprocess)
+
+    def __call__(self, image: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
+        """(H, W) float image in [0, 1] (and its prior, see :meth:`probs`) -> (H, W) uint8
+        {0, 1} mask at the same size."""
+        return self.mask(self.probs(image, prior))
+
+
+ProbsFn = Callable[[Path, np.ndarray, float], None]
+"""Called by :func:`predict` as ``on_probs(image_path, probabilities, threshold)`` with each
+image's (H, W) probabilities at its original size."""
 
 
 def predict(
-    checkpoint: str | Path, images: str | Path, out_dir: str | Path, device: str = "auto"
+    checkpoint: str | Path,
+    images: str | Path,
+    out_dir: str | Path,
+    device: str = "auto",
+    prior: PriorFn | None = None,
+    on_probs: ProbsFn | None = None,
 ) -> tuple[list[Path], list[str]]:
     """Segment every image of a folder and write 0/255 PNG masks at each image's original
     size, same stem, into ``out_dir`` (cropped as the checkpoint was trained, pasted back).
 
+    Args:
+        checkpoint: ``best.pt``, or a run folder (fold ensemble).
+        images: Folder of radiographs.
+        out_dir: Where the masks go.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        prior: Each image's prior map, for a model trained with one (:data:`PriorFn`; an
+            image whose prior fails with a ``CxrsslError`` is reported like an unreadable
+            one).
+        on_probs: Sees each image's probabilities (:data:`ProbsFn`).
+
     Returns:
         (written mask files, one ``"path: problem"`` line per image that could not be read).
+
+    Raises:
+        CxrsslError: No images; a model that takes a prior without ``prior`` (or the other
+            way round).
     """
     files = index_files(Path(images))
     if not files:
         raise DatasetError(f"{images}: no images found ({', '.join(IMAGE_SUFFIXES)})")
     predictor = Predictor.load(checkpoint, device)
+    predictor.check_prior(prior is not None, f"{checkpoint}: the model")
     written, failed = [], []
     for stem, path in sorted(files.items()):
         try:
             image = read_image(path)
+            probs = predictor.probs(image, None if prior is None else prior(path, image))
         except ImageReadError as err:
             failed.append(str(err))
             continue
+        except CxrsslError as err:
+            failed.append(f"{path}: {err}")
+            continue
+        if on_probs is not None:
+            on_probs(path, probs, predictor.threshold)
         target = Path(out_dir) / f"{stem}.png"
-        write_mask(target, predictor(image))
+        write_mask(target, predictor.mask(probs))
         written.append(target)
     return written, failed

@@ -1,0 +1,152 @@
+"""Prior maps aligned with a radiograph: a second input channel for lesion segmentation.
+
+Generated kinds (:data:`PRIOR_KINDS`):
+
+- ``heatmap``: a Gaussian of peak 1 and sigma ``HEATMAP_SIGMA`` x the radius at each nodule
+  point, displaced by ``shift_px`` in a random direction (the inexact location a follow-up
+  study or a referring note gives); the maximum where they overlap; zeros without points.
+- ``pathology``: the rule-based candidate score (:func:`cxrssl.anatomy.pathology_map`) / 255.
+- ``lungs``: the rule-based lung mask (:func:`cxrssl.anatomy.lung_mask`) as 0.0 / 1.0.
+
+Or a folder of prior images matched by stem (:func:`read_prior`), such as the ``priors/``
+that ``cxrssl simulate-nodules`` writes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cxrssl.anatomy import lung_mask, pathology_map
+from cxrssl.data.datasets import index_files
+from cxrssl.errors import DatasetError, ImageReadError
+from cxrssl.io import IMAGE_SUFFIXES, read_image
+from cxrssl.lesions.points import Point
+
+__all__ = ["PRIOR_KINDS", "make_prior", "parse_prior", "read_prior"]
+
+PRIOR_KINDS = ("heatmap", "pathology", "lungs")
+HEATMAP_SIGMA = 0.5  # heatmap Gaussian sigma, share of the nodule's radius
+_MIN_SIGMA = 1.0  # px: the smallest heatmap sigma
+_REACH = 4.0  # the Gaussian is drawn out to this many sigmas
+
+
+def _heatmap(
+    shape: tuple[int, int], points: Sequence[Point], shift_px: float, rng: np.random.Generator
+) -> np.ndarray:
+    out = np.zeros(shape, np.float32)
+    h, w = shape
+    for p in points:
+        turn = rng.uniform(0, 2 * math.pi)
+        cy, cx = p.y + shift_px * math.sin(turn), p.x + shift_px * math.cos(turn)
+        sigma = max(HEATMAP_SIGMA * p.radius_px, _MIN_SIGMA)
+        reach = _REACH * sigma
+        y0, y1 = max(math.floor(cy - reach), 0), min(math.ceil(cy + reach) + 1, h)
+        x0, x1 = max(math.floor(cx - reach), 0), min(math.ceil(cx + reach) + 1, w)
+        if y1 <= y0 or x1 <= x0:
+            continue  # displaced off the image
+        yy = (np.arange(y0, y1, dtype=np.float32) - cy)[:, None]
+        xx = (np.arange(x0, x1, dtype=np.float32) - cx)[None, :]
+        g = np.exp(-(yy**2 + xx**2) / np.float32(2 * sigma**2))
+        np.maximum(out[y0:y1, x0:x1], g, out=out[y0:y1, x0:x1])
+    return out
+
+
+def make_prior(
+    kind: str,
+    image: np.ndarray,
+    points: Sequence[Point] = (),
+    *,
+    shift_px: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """A generated prior for one radiograph (see the module notes).
+
+    Args:
+        kind: one of :data:`PRIOR_KINDS`.
+        image: (H, W) radiograph, float in [0, 1] or uint8.
+        points: the image's nodules (``heatmap`` only).
+        shift_px: displacement of each heatmap peak (px).
+        rng: draws the displacement directions; ``default_rng(0)`` when None.
+
+    Returns:
+        float32 (H, W) in [0, 1].
+
+    Raises:
+        DatasetError: an unknown kind.
+        ValueError: an image that is not 2-D.
+    """
+    arr = np.asarray(image)
+    if arr.ndim != 2:
+        raise ValueError(f"priors are made for a 2-D image, got shape {arr.shape}")
+    if kind == "heatmap":
+        return _heatmap(arr.shape, points, shift_px, rng or np.random.default_rng(0))
+    if kind == "pathology":
+        return pathology_map(arr).astype(np.float32) / np.float32(255)
+    if kind == "lungs":
+        return lung_mask(arr).astype(np.float32)
+    raise DatasetError(f"unknown prior kind {kind!r}; choose from {list(PRIOR_KINDS)}")
+
+
+def _constant(path: Path) -> np.ndarray:
+    """A constant prior image (``read_image`` refuses those), scaled by its dtype."""
+    raw = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_GRAYSCALE)
+    if raw is None:
+        raise ImageReadError(path, "constant image that OpenCV cannot decode")
+    top = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(raw.dtype, 1.0)
+    out: np.ndarray = np.clip(raw.astype(np.float32) / np.float32(top), 0, 1)
+    return out
+
+
+def read_prior(folder: Path, stem: str, shape: tuple[int, int]) -> np.ndarray:
+    """The prior image of ``stem`` in ``folder``, resized (bilinear) to ``shape`` if needed.
+
+    Any image format :func:`cxrssl.io.read_image` reads; an all-black (or constant) prior,
+    the prior of an image without a nodule, is read too.
+
+    Returns:
+        float32 (H, W) in [0, 1].
+
+    Raises:
+        DatasetError: no prior of that stem in ``folder``.
+        ImageReadError: an unreadable prior.
+    """
+    folder = Path(folder)
+    path = next(
+        (folder / f"{stem}{s}" for s in IMAGE_SUFFIXES if (folder / f"{stem}{s}").is_file()),
+        None,
+    )
+    if path is None:  # another case of the suffix, or a missing folder (named in the error)
+        path = index_files(folder).get(stem)
+    if path is None:
+        raise DatasetError(f"{folder}: no prior image for {stem!r}")
+    try:
+        prior = read_image(path)
+    except ImageReadError as err:
+        if not err.problem.startswith("constant image"):
+            raise
+        prior = _constant(path)
+    h, w = shape
+    if prior.shape != (h, w):
+        prior = cv2.resize(prior, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.clip(prior, 0, 1).astype(np.float32)
+
+
+def parse_prior(spec: str) -> tuple[str, Path | None]:
+    """A prior spec: a kind of :data:`PRIOR_KINDS` -> (kind, None); a folder -> ("dir", it).
+
+    Raises:
+        DatasetError: neither a kind nor an existing folder (the message lists the choices).
+    """
+    if spec in PRIOR_KINDS:
+        return spec, None
+    path = Path(spec)
+    if path.is_dir():
+        return "dir", path
+    raise DatasetError(
+        f"prior {spec!r} is neither one of {list(PRIOR_KINDS)} nor an existing folder"
+    )
