@@ -42,17 +42,14 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import nn
 
-from cxrssl.augment import AugmentConfig
 from cxrssl.errors import CxrsslError
 from cxrssl.files import write_text_atomic
 from cxrssl.lesions.detect import detect, write_detections
 from cxrssl.lesions.grow import grow_masks
 from cxrssl.lesions.points import PIXEL_MM, Point, by_stem, read_points
 from cxrssl.lesions.priors import make_prior, parse_prior, read_prior
-from cxrssl.losses import get_loss
 from cxrssl.nets.prior_guided import encoder_stage_prefixes
 from cxrssl.tasks.seg_data import PriorFn, SegCache, load_cache, open_folders
-from cxrssl.tasks.seg_task import SegmentationTask
 from cxrssl.tasks.segmentation import (
     FoldFit,
     SegConfig,
@@ -154,16 +151,6 @@ class LesionConfig(SegConfig):
                 "--freeze-encoder for that"
             )
         return lr_mult, (*freeze, *stages[:n])
-
-    def make_task(self, prior_channels: int = 0) -> SegmentationTask:
-        """``SegConfig``'s task, also reporting the pooled validation Dice it monitors."""
-        return SegmentationTask(
-            get_loss(self.loss),
-            AugmentConfig() if self.augment else None,
-            self.target_sensitivity,
-            prior_channels,
-            pooled_dice=True,
-        )
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """What prediction needs: the task, the prior kind, the pixel size and shift, the

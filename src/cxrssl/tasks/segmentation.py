@@ -171,6 +171,7 @@ class SegConfig:
             AugmentConfig() if self.augment else None,
             self.target_sensitivity,
             prior_channels,
+            pooled_dice=self.MONITOR == "dice_pooled",
         )
 
     def checkpoint_extra(self) -> dict[str, Any]:
