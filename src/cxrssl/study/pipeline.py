@@ -309,7 +309,7 @@ def run_study(
                 size=config.size,
                 seed=config.pretrain_seed,
                 device=device,
-                stamp={"limit": config.pool_limit, "pool": config.pool},
+                stamp={"limit": config.pool_limit},
                 bar=bar,
             )
         timings["pre-training"] = time.perf_counter() - t
