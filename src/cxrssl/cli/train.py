@@ -229,33 +229,30 @@ def _register_lesion(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.set_defaults(func=run_train_lesion)
 
 
+_RECIPE = (
+    "model", "loss", "size", "crop", "epochs", "batch_size", "lr", "folds", "val_fraction",
+    "n_labelled", "init", "freeze_encoder", "postprocess", "tta", "empty", "seed", "device",
+)  # fmt: skip
+
+
+def _recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings ``train-seg`` and ``train-lesion`` take from the same flags."""
+    return {
+        **{k: getattr(args, k) for k in _RECIPE},
+        "augment": not args.no_augment,
+        "progress": not args.no_progress,
+    }
+
+
 def run_train_seg(args: argparse.Namespace) -> int:
     """Train, then print the mean +- std over folds."""
     config = SegConfig(
-        model=args.model,
+        **_recipe(args),
         model_kwargs={"dropout": args.dropout} if args.dropout else {},
-        loss=args.loss,
-        size=args.size,
-        crop=args.crop,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        folds=args.folds,
-        val_fraction=args.val_fraction,
-        n_labelled=args.n_labelled,
-        init=args.init,
         init_encoder_only=not args.init_whole,
         encoder_lr_mult=args.encoder_lr_mult,
-        freeze_encoder=args.freeze_encoder,
-        augment=not args.no_augment,
-        postprocess=args.postprocess,
-        tta=args.tta,
         target_sensitivity=args.target_sensitivity,
-        empty=args.empty,
         patience=args.patience,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
     )
     summary = train_seg(args.images, args.masks, args.out, config, resume=args.resume)
     _report(summary, args.out)
@@ -298,29 +295,11 @@ def run_train_lesion(args: argparse.Namespace) -> int:
     if args.encoder and args.model != "prior_guided":
         raise CxrsslError(f"--encoder applies to --model prior_guided, not {args.model}")
     config = LesionConfig(
-        model=args.model,
+        **_recipe(args),
         model_kwargs={"encoder": args.encoder} if args.encoder else {},
-        loss=args.loss,
-        size=args.size,
-        crop=args.crop,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
         encoder_lr_mult=args.encoder_lr / args.lr,
-        freeze_encoder=args.freeze_encoder,
         freeze_stages=args.freeze_stages,
-        folds=args.folds,
-        val_fraction=args.val_fraction,
-        n_labelled=args.n_labelled,
-        init=args.init,
-        augment=not args.no_augment,
-        postprocess=args.postprocess,
-        tta=args.tta,
-        empty=args.empty,
         patience=patience,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
         priors=args.priors,
         prior_shift_mm=args.prior_shift_mm,
         pixel_mm=args.pixel_mm,
