@@ -1,4 +1,5 @@
-"""Pool cache build speed against single-thread decode, and peak memory as the pool grows.
+"""Pool cache build speed against single-thread decode, and peak memory as the pool and
+``cxrssl masks`` grow.
 
 The pre-training pool (``cxrssl.data.pool``) computes one npz cache entry per radiograph
 (letterboxed image, rule-based lungs, regions, pathology, lung box, quality) and streams
@@ -17,7 +18,9 @@ batches from those entries. This script measures, in one run:
    process tree (itself, the forkserver, the build and loader workers; the sum of VmRSS,
    every ``--interval`` seconds, and of Pss, which counts pages shared between the workers
    once, every ``--pss-interval`` seconds: reading it costs the kernel a few ms a process),
-   per phase (after the imports, build, stream); at the end it reads its own
+   per phase (after the imports, build, stream, masks: ``cxrssl masks lungs`` over the
+   same N files, ``run_masks`` with ``--workers`` processes and its own empty cache, as the
+   command runs it); at the end it reads its own
    ``ru_maxrss`` (the exact peak of the process that holds the pool's metadata; the
    workers are children of the forkserver, not of this process, so ``RUSAGE_CHILDREN``
    would not see them: the sampled tree covers them). Reported:
@@ -57,6 +60,7 @@ import cv2
 import numpy as np
 import torch
 
+from cxrssl.anatomy.engine import CACHE_ENV, run_masks
 from cxrssl.data.datasets import FolderDataset
 from cxrssl.data.pool import build_pool, open_sources, pool_loader
 from cxrssl.io import read_gray8
@@ -65,6 +69,10 @@ SCRIPT = Path(__file__).resolve()
 FLAT_TARGET = 1.3  # peak memory at the largest N / at the smallest N
 SHAPE = (512, 410)  # (H, W) of the synthetic radiographs
 MIB = 1024 * 1024
+FLAT_KEYS = (  # the peaks that must stay flat
+    "build_tree_rss", "stream_tree_rss", "masks_tree_rss",
+    "build_main_rss", "stream_main_rss", "masks_main_rss",
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- images
@@ -270,6 +278,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         streamed += int(batch["image"].shape[0])
     del loader  # its workers end here
     stream_s = time.perf_counter() - start
+    masks_s, masked = _masks_phase(dataset, Path(spec["cache"]), spec["workers"], sampler)
     sampler.stop()
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
@@ -288,10 +297,31 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "stream_tree_pss_mib": sampler.peaks["stream"]["pss"] / MIB,
         "build_main_rss_mib": sampler.peaks["build"]["main"] / MIB,
         "stream_main_rss_mib": sampler.peaks["stream"]["main"] / MIB,
+        "masks_s": masks_s,
+        "masks_images": masked,
+        "masks_tree_rss_mib": sampler.peaks["masks"]["rss"] / MIB,
+        "masks_tree_pss_mib": sampler.peaks["masks"]["pss"] / MIB,
+        "masks_main_rss_mib": sampler.peaks["masks"]["main"] / MIB,
         "main_peak_exact": sampler.exact,
         "main_maxrss_mib": own / MIB,
         "samples": sampler.samples,
     }
+
+
+def _masks_phase(
+    dataset: FolderDataset, work: Path, workers: int, sampler: Sampler
+) -> tuple[float, int]:
+    """``cxrssl masks lungs`` (``run_masks``, as the command calls it) over the dataset's
+    files, linked into one folder, with a cache of its own; (seconds, images written)."""
+    folder = work / "masks-in"
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in dataset.records:
+        (folder / r.image.name).symlink_to(r.image.resolve())
+    os.environ[CACHE_ENV] = str(work / "masks-cache")
+    sampler.enter("masks")
+    start = time.perf_counter()
+    summary = run_masks(folder, work / "masks-out", kind="lungs", workers=workers)
+    return time.perf_counter() - start, summary.written
 
 
 def run_measure(spec: dict[str, Any]) -> dict[str, Any]:
@@ -386,8 +416,9 @@ def table(result: dict[str, Any]) -> str:
         f"{result['loader_workers']} worker(s))",
         "tree: the process and all its children, sampled (RSS sum; PSS sum); main: the "
         "process alone (holds the pool's rows), exact peak per phase",
-        f"{'':21} {' build ':-^23} {' stream ':-^23}",
+        f"{'':21} {' build ':-^23} {' stream ':-^30} {' cxrssl masks ':-^30}",
         f"{'N':>7} {'s':>6} {'img/s':>6} {'main':>7} {'tree':>7} {'pss':>7} "
+        f"{'main':>7} {'tree':>7} {'pss':>7} {'s':>6} "
         f"{'main':>7} {'tree':>7} {'pss':>7} {'s':>6}",
     ]
     for r in m["runs"]:
@@ -395,7 +426,9 @@ def table(result: dict[str, Any]) -> str:
             f"{r['n']:>7} {r['build_s']:6.1f} {r['build_images_per_s']:6.1f} "
             f"{r['build_main_rss_mib']:7.1f} {r['build_tree_rss_mib']:7.0f} "
             f"{r['build_tree_pss_mib']:7.0f} {r['stream_main_rss_mib']:7.1f} "
-            f"{r['stream_tree_rss_mib']:7.0f} {r['stream_tree_pss_mib']:7.0f} {r['stream_s']:6.1f}"
+            f"{r['stream_tree_rss_mib']:7.0f} {r['stream_tree_pss_mib']:7.0f} {r['stream_s']:6.1f} "
+            f"{r['masks_main_rss_mib']:7.1f} {r['masks_tree_rss_mib']:7.0f} "
+            f"{r['masks_tree_pss_mib']:7.0f} {r['masks_s']:6.1f}"
         )
     if m["runs"]:
         lines.append(f"(main after the imports: {m['runs'][0]['baseline_tree_rss_mib']:.0f} MiB)")
@@ -408,6 +441,8 @@ def table(result: dict[str, Any]) -> str:
             "build_tree_rss": "build tree",
             "stream_main_rss": "stream main",
             "stream_tree_rss": "stream tree",
+            "masks_main_rss": "masks main",
+            "masks_tree_rss": "masks tree",
         }
         lines += [
             f"ratio N={hi} / N={lo}: "
@@ -476,6 +511,9 @@ def ratios(runs: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, 
         "stream_tree_pss": "stream_tree_pss_mib",
         "build_main_rss": "build_main_rss_mib",
         "stream_main_rss": "stream_main_rss_mib",
+        "masks_tree_rss": "masks_tree_rss_mib",
+        "masks_tree_pss": "masks_tree_pss_mib",
+        "masks_main_rss": "masks_main_rss_mib",
         "main_maxrss": "main_maxrss_mib",
     }
     added = max(1, hi["n"] - lo["n"])
@@ -562,12 +600,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     memory: dict[str, Any] = {"sizes": [r["n"] for r in runs], "runs": runs}
     if len(runs) > 1:
         memory["ratio"], memory["growth_kib_per_image"] = ratios(runs)
-        memory["flat"] = bool(
-            memory["ratio"]["build_tree_rss"] < FLAT_TARGET
-            and memory["ratio"]["stream_tree_rss"] < FLAT_TARGET
-            and memory["ratio"]["build_main_rss"] < FLAT_TARGET
-            and memory["ratio"]["stream_main_rss"] < FLAT_TARGET
-        )
+        memory["flat"] = all(memory["ratio"][k] < FLAT_TARGET for k in FLAT_KEYS)
     result: dict[str, Any] = {
         "images": origin,
         "size": args.size,

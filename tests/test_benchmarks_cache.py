@@ -1,5 +1,6 @@
 """``benchmarks/cache_build.py`` runs end to end in a tiny setting (40 small synthetic
-images, a 64 px canvas) and writes its JSON; its synthetic images look like chests."""
+images, a 64 px canvas; pool and ``cxrssl masks`` memory) and writes its JSON; its synthetic
+images look like chests."""
 
 from __future__ import annotations
 
@@ -74,10 +75,12 @@ def test_benchmark_runs_in_a_tiny_setting(tmp_path: Path) -> None:
         assert run["build_images_per_s"] > 0 and run["stream_images_per_s"] > 0
         for key in ("baseline_tree_rss_mib", "build_main_rss_mib", "stream_main_rss_mib"):
             assert run[key] > 0
-        for phase in ("build", "stream"):  # a phase's peak is within the lifetime peak
+        assert run["masks_images"] == n and run["masks_s"] > 0  # cxrssl masks: every image
+        for phase in ("build", "stream", "masks"):  # a phase's peak is within the lifetime one
             assert run[f"{phase}_main_rss_mib"] <= run["main_maxrss_mib"]
         assert run["build_tree_rss_mib"] >= run["build_tree_pss_mib"] > 0
         assert run["stream_tree_rss_mib"] >= run["stream_tree_pss_mib"] > 0
+        assert run["masks_tree_rss_mib"] >= run["masks_tree_pss_mib"] > 0
         assert run["main_maxrss_mib"] >= run["baseline_tree_rss_mib"]  # alone at first
         assert run["samples"] >= 4
     assert set(m["ratio"]) == set(m["growth_kib_per_image"])

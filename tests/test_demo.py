@@ -1,6 +1,6 @@
 """``cxrssl demo`` / ``cxrssl study``: pre-trained methods beside scratch with paired
-differences, reproducible, resumable without recomputing finished units, recomputing what a
-data change touches, and honest about what it skipped."""
+differences, reproducible (also across a ``kill -9``), resumable without recomputing
+finished units, recomputing what a data change touches, and honest about what it skipped."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 import cxrssl.study.units as units_module
 from cxrssl.cli.main import main
 from cxrssl.data.datasets import sample
+from killing import run_and_kill
 
 TINY = (
     "size: 32\nk_values: [3, null]\nseeds: [0, 1]\nsteps: 3\nbatch_size: 4\ngallery: 1\n"
@@ -73,10 +74,22 @@ def _config(tmp_path: Path, text: str = TINY) -> Path:
     return path
 
 
-def test_same_seed_same_numbers_and_every_section(small: Path, tmp_path: Path) -> None:
+def test_same_numbers_after_a_kill_9_and_every_section(small: Path, tmp_path: Path) -> None:
+    """An uninterrupted demo, then a study of the same config killed (SIGKILL) once two
+    fine-tuning units are done and run again: the same numbers."""
     config = _config(tmp_path)
     a = _run(small, tmp_path / "a", config)
+    units = tmp_path / "b" / "units"
+    mid_run = run_and_kill(
+        _argv("study", small, tmp_path / "b", config),
+        lambda: len(list(units.glob("*.json"))) >= 2,
+        tmp_path / "killed.log",
+    )
+    print(f"study: the kill landed mid-run: {mid_run}")
+    if mid_run:
+        assert not (tmp_path / "b" / "report.json").exists()
     b = _run(small, tmp_path / "b", config, verb="study")
+    assert not list((tmp_path / "b").rglob("*.tmp"))  # no partial file left behind
     assert a["efficiency"]["points"] == b["efficiency"]["points"]
     assert a["efficiency"]["differences"] == b["efficiency"]["differences"]
     assert a["rules"]["methods"] == b["rules"]["methods"]

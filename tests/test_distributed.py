@@ -356,43 +356,63 @@ def test_helpers_across_two_processes(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- (d) torchrun
-@pytest.mark.slow  # about 30 s: two fresh interpreters import torch and MONAI
-def test_torchrun_train_seg_writes_one_run_folder(tmp_path: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(WORLD),
-        "-m",
-        "cxrssl",
-        "train-seg",
-        "--images",
-        str(SAMPLE / "images"),
-        "--masks",
-        str(SAMPLE / "masks"),
-        "--out",
-        str(tmp_path / "run"),
-        "--size",
-        "32",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "2",
-        "--folds",
-        "2",
-        "--no-progress",
-        "--device",
-        "cpu",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("run folder:") == 1  # rank 0 alone reports
+def _chests(root: Path, n: int = 16) -> Path:
+    """``root/images/c<i>.png`` (the sample's films, resized) and ``root/labels.csv`` with a
+    binary label, two films per patient."""
+    import cv2
+
+    (root / "images").mkdir(parents=True)
+    films = sorted((SAMPLE / "images").iterdir())
+    lines = ["filename,patient_id,sick"]
+    for i in range(n):
+        image = cv2.imread(str(films[i % len(films)]), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(root / "images" / f"c{i}.png"), cv2.resize(image, (64, 64)))
+        lines.append(f"c{i}.png,P{i // 2},{(i // 2) % 2}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+SMALL = ["--size", "32", "--epochs", "1", "--batch-size", "2", "--folds", "2"]
+COMMANDS: dict[str, Callable[[Path], list[str]]] = {
+    "train-seg": lambda tmp: [
+        "--images", str(SAMPLE / "images"), "--masks", str(SAMPLE / "masks"), *SMALL,
+    ],
+    "train-lesion": lambda tmp: [  # the lung masks stand in for lesion masks
+        "--images", str(SAMPLE / "images"), "--masks", str(SAMPLE / "masks"), *SMALL,
+        "--priors", "lungs", "--encoder", "unet", "--lr", "1e-3",
+    ],
+    "train-cls": lambda tmp: [
+        "--images", str(_chests(tmp / "chests")), "--label-columns", "sick", *SMALL,
+        "--model", "resnet18", "--epoch-steps", "2", "--val-fraction", "0.3", "--no-explain",
+    ],
+}  # fmt: skip
+FOLD_FILES = {"best.pt", "last.pt", "metrics.csv", "config.yaml"}
+RUN_FILES = {
+    "train-seg": {"summary.json", "per_image.csv", "predictions"},
+    "train-lesion": {"summary.json", "per_image.csv", "predictions", "detections.csv"},
+    "train-cls": {"summary.json", "predictions.csv"},
+}
+
+
+@pytest.mark.slow  # about 30 s each: two fresh interpreters import torch and MONAI
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_torchrun_writes_one_run_folder(command: str, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert {p.name for p in run.iterdir()} >= {"summary.json", "per_image.csv", "predictions"}
+    argv = [command, *COMMANDS[command](tmp_path), "--out", str(run), "--no-progress"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launcher += ["--nproc_per_node", str(WORLD), "-m", "cxrssl"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*launcher, *argv, "--device", "cpu"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("run folder:") == 1, done.stdout  # rank 0 alone reports
+    assert {p.name for p in run.iterdir()} >= RUN_FILES[command]
     for fold in ("fold_0", "fold_1"):
         names = {p.name for p in (run / fold).iterdir()}
-        assert names >= {"best.pt", "last.pt", "metrics.csv", "config.yaml"}
+        assert names >= FOLD_FILES
         assert not any(n.endswith(".tmp") for n in names)

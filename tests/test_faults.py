@@ -11,10 +11,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -29,9 +25,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from cxrssl.cli.main import main
 from cxrssl.data.datasets import sample
 from cxrssl.train import CheckpointError, TrainConfig, Trainer, checkpoint, load_checkpoint
+from killing import run_and_kill
 
 EPOCHS = 4
-KILL_TIMEOUT_S = 120.0
 
 
 @pytest.fixture(autouse=True)
@@ -86,21 +82,11 @@ def chests(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ------------------------------------------------------------------------- kill -9
-def run_and_kill(argv: list[str], last: Path, log: Path) -> bool:
-    """Start ``python -m cxrssl ARGV``, SIGKILL it as soon as ``last`` exists (epoch 1 is
-    done). Returns whether the kill landed before the run ended on its own."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cxrssl", *argv], stdout=out, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + KILL_TIMEOUT_S
-        while proc.poll() is None and not last.is_file() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        code = proc.wait()
+def kill_after_epoch_1(argv: list[str], last: Path, log: Path) -> bool:
+    """``run_and_kill`` as soon as ``last`` exists (epoch 1 is done)."""
+    mid_run = run_and_kill(argv, last.is_file, log)
     assert last.is_file(), f"no {last} written; log:\n{log.read_text()}"
-    return code == -signal.SIGKILL
+    return mid_run
 
 
 def rows(metrics: Path) -> list[dict[str, str]]:
@@ -132,7 +118,7 @@ def test_kill_9_during_pretrain_then_resume_matches_an_uninterrupted_run(
 
     assert main(argv(tmp_path / "straight")) == 0  # also fills the pool cache
     killed = tmp_path / "killed"
-    mid_run = run_and_kill(argv(killed), killed / "last.pt", tmp_path / "killed.log")
+    mid_run = kill_after_epoch_1(argv(killed), killed / "last.pt", tmp_path / "killed.log")
     print(f"pretrain: the kill landed mid-run: {mid_run}")
     if mid_run:
         assert load_checkpoint(killed / "last.pt")["epoch"] < EPOCHS
@@ -157,7 +143,7 @@ def test_kill_9_during_train_cls_then_resume_matches_an_uninterrupted_run(
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert main(argv(straight)) == 0
     last = killed / "fold_0" / "last.pt"
-    mid_run = run_and_kill(argv(killed), last, tmp_path / "killed.log")
+    mid_run = kill_after_epoch_1(argv(killed), last, tmp_path / "killed.log")
     print(f"train-cls: the kill landed mid-run: {mid_run}")
     if mid_run:
         assert not (killed / "summary.json").exists()

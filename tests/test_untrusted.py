@@ -143,6 +143,13 @@ def test_the_leak_scan_finds_tags_inside_compressed_files(tmp_path: Path) -> Non
     ]
 
 
+def sizes(images: Path) -> Iterator[tuple[int, tuple[int, int]]]:
+    """(index, (height, width)) of every other film ``f<index>.dcm``."""
+    for i in range(0, N_FILMS, 2):
+        h, w = read_gray8(images / f"f{i}.dcm").shape
+        yield i, (h, w)
+
+
 def test_patient_tags_never_reach_any_output(
     dicoms: Path,
     tmp_path: Path,
@@ -160,6 +167,11 @@ def test_patient_tags_never_reach_any_output(
     small = ["--size", "32", "--epochs", "1", "--batch-size", "4", "--device", "cpu"]
     seg, cls = str(out / "seg"), str(out / "cls")
     options = '{"hidden_dim": 16, "proj_dim": 8}'
+    points = tmp_path / "points.csv"  # a nodule in every other film, near the right lung
+    points.write_text(
+        "filename,x,y,diameter_px\n"
+        + "".join(f"f{i}.dcm,{0.3 * w:.0f},{0.45 * h:.0f},12\n" for i, (h, w) in sizes(images))
+    )
     commands = [
         ["masks", "lungs", str(images), str(out / "lungs"), "--overlays", str(out / "ov")],
         ["data", "info", str(dicoms)],
@@ -172,6 +184,11 @@ def test_patient_tags_never_reach_any_output(
          "--val-fraction", "0.25", "--test-fraction", "0.25", "--no-progress", "--no-explain"],
         ["predict-cls", cls, str(images), str(out / "probs.csv"), "--explain",
          str(out / "cams"), "--device", "cpu", "--no-progress"],
+        ["grow-masks", str(images), str(points), str(out / "grown")],
+        ["simulate-nodules", str(images), str(masks), str(out / "sim")],
+        ["train-lesion", "--images", str(images), "--points", str(points), "--priors", "heatmap",
+         "--out", str(out / "lesion"), *small, "--folds", "2", "--encoder", "unet",
+         "--no-progress"],
     ]  # fmt: skip
     texts = []
     with warnings.catch_warnings(record=True) as caught:
@@ -187,6 +204,8 @@ def test_patient_tags_never_reach_any_output(
     assert (out / "pred" / "f0.png").is_file() and (out / "probs.csv").is_file()
     assert any(out.rglob("events.out.tfevents.*")) and any(out.rglob("best.pt"))
     assert any((out / "cams").iterdir())
+    assert (out / "grown" / "f0.png").is_file() and (out / "sim" / "points.csv").is_file()
+    assert (out / "lesion" / "detections.csv").is_file()
     # The check can find a leak: the inputs hold every secret.
     assert len(_leaks([images], [])) >= len(SECRETS)
     assert _leaks([out, cache], texts) == []
