@@ -134,6 +134,21 @@ def test_trace_path_follows_a_valley_and_respects_the_step() -> None:
     assert path[:5].tolist() == [1, 2, 3, 4, 5]
 
 
+def test_diaphragm_cut_skips_edges_high_in_the_lung_and_sits_above_the_dome() -> None:
+    """The trace starts DIAPHRAGM_START down the lung: an edge in its upper part is ignored."""
+    lung = np.zeros((100, 40), np.uint8)
+    lung[10:90, 5:35] = 1  # rows 10..89: the search starts at row 10 + 0.75 * 79 = 69
+    edge = np.zeros((100, 40), np.float32)
+    edge[60] = 3.0  # a strong edge in the lung (say the lower heart border), below its middle
+    edge[75] = 2.0  # the diaphragm
+    out = rules._cut_below_diaphragm(lung, edge)
+    bottom = int(np.flatnonzero(out.any(axis=1))[-1])
+    assert bottom == 75 + int(np.floor(rules.DIAPHRAGM_OFFSET))
+    assert out[10:bottom, 5:35].all()
+    weak = rules._cut_below_diaphragm(lung, edge * (0.9 * rules.DIAPHRAGM_EDGE / 2.0))
+    assert np.array_equal(weak, lung)  # no clear edge: the lung keeps its bottom
+
+
 @pytest.mark.realdata
 def test_default_meets_the_target_on_generalblockchain(shared_data: Path) -> None:
     folder = shared_data / "ieee8023_generalblockchain"

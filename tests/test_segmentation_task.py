@@ -21,8 +21,16 @@ from cxrssl.io import read_image, read_mask
 from cxrssl.losses import get_loss
 from cxrssl.nets import create_net
 from cxrssl.tasks import Predictor, SegConfig, seg_data, train_seg
+from cxrssl.tasks.lesion import LesionConfig
 from cxrssl.tasks.seg_data import draw_labelled, load_cache, open_folders, to_uint8
-from cxrssl.tasks.seg_task import SegmentationTask, postprocess, predict_probs, tune_threshold
+from cxrssl.tasks.seg_task import (
+    HIGH_THRESHOLDS,
+    THRESHOLDS,
+    SegmentationTask,
+    postprocess,
+    predict_probs,
+    tune_threshold,
+)
 from cxrssl.tasks.segmentation import _score, original_masks, resolve_crop
 from cxrssl.train import Trainer, load_checkpoint, save_checkpoint
 
@@ -373,3 +381,19 @@ def test_init_checkpoint_crop_is_followed_unless_chosen(
     warned = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "was trained with crop lung-box" in warned[0].getMessage()
     assert resolve_crop(quick()).crop == "none"  # no init: no crop
+
+
+def test_lesion_thresholds_reach_the_inflated_probabilities_of_a_weighted_loss() -> None:
+    """A pos_weight of up to 1000 pushes the probabilities of small lesions towards 1: the
+    lesion recipe searches its threshold up to 0.999, the lung recipe stops at 0.9."""
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[:, :, 6:9, 6:9] = 1
+    probs = torch.full_like(masks, 0.97)  # the background of a saturated map
+    probs[masks.bool()] = 0.999
+    assert tune_threshold(probs, masks)[1] < 0.1  # 0.9 keeps every pixel
+    t, dice = tune_threshold(probs, masks, thresholds=HIGH_THRESHOLDS)
+    assert t == 0.98 and dice == pytest.approx(1.0)
+    assert SegConfig.THRESHOLDS == THRESHOLDS and LesionConfig.THRESHOLDS == HIGH_THRESHOLDS
+    task = LesionConfig(priors=None).make_task()
+    scores = task.evaluate(torch.nn.Identity(), [(torch.logit(probs), masks)])
+    assert scores["threshold"] == 0.98 and scores["dice_pooled"] == pytest.approx(1.0)

@@ -18,8 +18,10 @@ masks are scaled back with smooth edges. No learned weights: every step is an an
    ``GROW_STEPS`` px, so a leak cannot run far) into lower evidence, opened to drop thin spurs
    (neck, axilla), filled to its convex hull and kept on its side of the barrier.
 5. Diaphragm: per lung, a smooth curve (dynamic programming over columns) along the strongest
-   downward dark-to-bright edge below the lung's middle; when that edge is clear, everything
-   below it is removed.
+   downward dark-to-bright edge below ``DIAPHRAGM_START`` of the lung's height (starting
+   lower keeps the trace off edges inside the lung: hila, vessels, the heart's lower border);
+   when that edge is clear, everything below ``DIAPHRAGM_OFFSET`` px from it is removed (the
+   blurred edge peaks half-way into the dome, so the cut sits just above it).
 6. Opaque lungs: a lung much smaller than its partner is completed by the partner's mirror
    image about the midline; a lung still shorter than ``MIN_ASPECT`` times its width (the
    aerated top of a white lung: lungs are taller than wide) is extended down to that height.
@@ -37,16 +39,19 @@ WORK_SIZE = 128  # long side of the working image (px)
 FRAME_RANGE = 12  # a border row/column whose grey levels span less is padding
 FRAME_OUTLIERS = 0.02  # share of a row/column's extreme pixels left out of that span
 CLAHE_CLIP = 2.0  # CLAHE clip limit on 4 x 4 tiles
-SMOOTH_SIGMA = 1.5  # Gaussian smoothing before the basin depth (working px)
-BARRIER_HALF_WIDTH = 0.04  # mediastinal barrier, fraction of the working width either side
-MAX_TILT = 0.1  # largest midline slope (px across per px down)
+SMOOTH_SIGMA = 1.0  # Gaussian smoothing before the basin depth (working px)
+BARRIER_HALF_WIDTH = 0.045  # mediastinal barrier, fraction of the working width either side
+MAX_TILT = 0.05  # largest midline slope (px across per px down)
 CORE_LEVEL = 0.3  # evidence (fraction of the side's 99th percentile) of a lung core
 GROW_LEVEL = 0.12  # evidence a lung grows into from its core
 SPIKE_OPEN = 5  # opening before the hull: drops thin spurs (neck, axilla) (px)
-GROW_STEPS = 8  # geodesic growth from the core (px, 3 x 3 steps)
+GROW_STEPS = 5  # geodesic growth from the core (px, 3 x 3 steps)
 DIAPHRAGM_SIGMA = 3.0  # smoothing of the vertical edge used for the diaphragm
 DIAPHRAGM_SMOOTH = 0.1  # DP cost per px of vertical step between neighbouring columns
 DIAPHRAGM_EDGE = 0.5  # mean edge strength (1 = image's 95th percentile) needed to cut
+DIAPHRAGM_OFFSET = -1.0  # the cut lies this far below the traced edge (working px; < 0: above)
+DIAPHRAGM_STEP = 4  # largest vertical step of the traced curve per 2 columns (working px)
+DIAPHRAGM_START = 0.75  # the search starts this far down the lung (share of its height)
 MIN_ASPECT = 1.2  # a lung shorter than this times its width is extended down to it
 SYMMETRY_RATIO = 0.7  # a lung below this fraction of its partner's area takes its mirror
 
@@ -167,17 +172,17 @@ def _cut_below_diaphragm(lung: np.ndarray, edge_down: np.ndarray) -> np.ndarray:
     if ys.size < 10:
         return lung
     x0, x1 = int(xs.min()), int(xs.max()) + 1
-    start = int((int(ys.min()) + int(ys.max())) // 2)
+    start = int(int(ys.min()) + DIAPHRAGM_START * (int(ys.max()) - int(ys.min())))
     if start >= lung.shape[0] - 1 or x1 - x0 < 2:
         return lung
-    cost = -edge_down[start:, x0:x1:2].T  # (every 2nd column, rows below the lung middle)
-    path = trace_path(np.ascontiguousarray(cost), 4, DIAPHRAGM_SMOOTH / 2)
+    cost = -edge_down[start:, x0:x1:2].T  # (every 2nd column, rows below the start)
+    path = trace_path(np.ascontiguousarray(cost), DIAPHRAGM_STEP, DIAPHRAGM_SMOOTH / 2)
     if -float(cost[np.arange(path.size), path].mean()) < DIAPHRAGM_EDGE:
         return lung  # no clear diaphragm under this lung: keep its evidence-based bottom
     curve = start + np.interp(np.arange(x1 - x0), np.arange(0, x1 - x0, 2), path)
     rows = np.arange(lung.shape[0])[:, None]
     out = lung.copy()
-    out[:, x0:x1] &= (rows <= curve[None, :] + 1).astype(np.uint8)
+    out[:, x0:x1] &= (rows <= curve[None, :] + DIAPHRAGM_OFFSET).astype(np.uint8)
     return out
 
 

@@ -50,6 +50,7 @@ from cxrssl.lesions.points import PIXEL_MM, Point, by_stem, read_points
 from cxrssl.lesions.priors import make_prior, parse_prior, read_prior
 from cxrssl.nets.prior_guided import encoder_stage_prefixes
 from cxrssl.tasks.seg_data import PriorFn, SegCache, load_cache, open_folders
+from cxrssl.tasks.seg_task import HIGH_THRESHOLDS
 from cxrssl.tasks.segmentation import (
     FoldFit,
     SegConfig,
@@ -120,6 +121,7 @@ class LesionConfig(SegConfig):
 
     KIND: ClassVar[str] = "lesion"
     MONITOR: ClassVar[str] = "dice_pooled"
+    THRESHOLDS: ClassVar[tuple[float, ...]] = HIGH_THRESHOLDS
 
     def __post_init__(self) -> None:
         super().__post_init__()

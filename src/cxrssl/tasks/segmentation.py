@@ -61,7 +61,13 @@ from cxrssl.tasks.seg_data import (
     open_folders,
     to_uint8,
 )
-from cxrssl.tasks.seg_task import SegmentationTask, postprocess, predict_probs, tune_threshold
+from cxrssl.tasks.seg_task import (
+    THRESHOLDS,
+    SegmentationTask,
+    postprocess,
+    predict_probs,
+    tune_threshold,
+)
 from cxrssl.train import (
     TrainConfig,
     Trainer,
@@ -153,6 +159,8 @@ class SegConfig:
     """The run's kind: the key of the config in ``config.yaml`` and the checkpoints."""
     MONITOR: ClassVar[str] = "dice"
     """Validation metric choosing the epoch (``SegmentationTask.evaluate``'s names)."""
+    THRESHOLDS: ClassVar[tuple[float, ...]] = THRESHOLDS
+    """Candidates of the tuned threshold."""
 
     def __post_init__(self) -> None:
         if self.crop is not None:
@@ -172,6 +180,7 @@ class SegConfig:
             self.target_sensitivity,
             prior_channels,
             pooled_dice=self.MONITOR == "dice_pooled",
+            thresholds=self.THRESHOLDS,
         )
 
     def checkpoint_extra(self) -> dict[str, Any]:
@@ -408,10 +417,11 @@ def fit_fold(
     threshold = plain = 0.5
     if val is not None:  # each threshold tuned on the probabilities it will be applied to
         probs = _batched_probs([net], val.images, device, tta=False)
-        threshold = plain = tune_threshold(probs, val.masks, config.target_sensitivity)[0]
+        sens, grid = config.target_sensitivity, config.THRESHOLDS
+        threshold = plain = tune_threshold(probs, val.masks, sens, grid)[0]
         if config.tta:
             probs = _batched_probs([net], val.images, device, tta=True)
-            threshold, _ = tune_threshold(probs, val.masks, config.target_sensitivity)
+            threshold, _ = tune_threshold(probs, val.masks, sens, grid)
     best["extra"] = {**best["extra"], "threshold": threshold}
     if distributed.is_main():
         save_checkpoint(run_dir / "best.pt", best)
