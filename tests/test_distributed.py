@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pytest
 import torch
 import torch.distributed as dist
@@ -359,8 +360,6 @@ def test_helpers_across_two_processes(tmp_path: Path) -> None:
 def _chests(root: Path, n: int = 16) -> Path:
     """``root/images/c<i>.png`` (the sample's films, resized) and ``root/labels.csv`` with a
     binary label, two films per patient."""
-    import cv2
-
     (root / "images").mkdir(parents=True)
     films = sorted((SAMPLE / "images").iterdir())
     lines = ["filename,patient_id,sick"]
