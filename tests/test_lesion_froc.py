@@ -14,8 +14,10 @@ from cxrssl.cli.main import main
 from cxrssl.data.datasets import index_files
 from cxrssl.errors import DatasetError
 from cxrssl.lesions.froc import (
+    CONTRAST_GROUPS,
     SIZE_GROUPS,
     by_group,
+    contrast_group,
     froc,
     plot_froc,
     size_group,
@@ -259,3 +261,22 @@ def test_jsrt_truth_as_detections(shared_data: Path, tmp_path: Path) -> None:
     assert result["overall"]["n_images"] == n
     assert result["overall"]["sensitivity"][1:] == pytest.approx([1.0] * 5)
     assert set(result["by_subtlety"]) == {f"subtlety {s}" for s in range(1, 6)}
+    assert result["by_contrast"] == {}  # real nodules have no simulated contrast
+
+
+def test_contrast_breakdown_of_simulated_truth() -> None:
+    truth = [
+        Point(f"{i}.png", 10, 10, 8, extra={"contrast": c})
+        for i, c in enumerate(("0.06", "0.12", "0.12", "0.2", "bad"))
+    ]
+    assert [contrast_group(p) for p in truth] == [
+        "contrast <0.10",
+        "contrast 0.10-0.15",
+        "contrast 0.10-0.15",
+        "contrast >=0.20",
+        None,
+    ]
+    hits = [Point("1.png", 10, 10, 8, score=0.9), Point("0.png", 40, 40, 8, score=0.8)]
+    groups = by_group(hits, truth, 5, contrast_group, n_boot=0, order=CONTRAST_GROUPS)
+    assert list(groups) == ["contrast <0.10", "contrast 0.10-0.15", "contrast >=0.20"]
+    assert groups["contrast 0.10-0.15"].n_found == 1 and groups["contrast <0.10"].n_found == 0

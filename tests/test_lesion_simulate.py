@@ -120,7 +120,7 @@ def test_prior_is_the_nodule_blurred_and_shifted(films: tuple[Path, Path], tmp_p
     for p in read_points(out / "points.csv", PIXEL_MM):
         prior = read_prior(out / "priors", Path(p.file).stem, (256, 256))
         peak = np.unravel_index(np.argmax(prior), prior.shape)
-        assert math.hypot(peak[0] - p.y, peak[1] - p.x) == pytest.approx(5.0, abs=1.5)
+        assert math.hypot(peak[0] - p.y, peak[1] - p.x) <= 5.0 + 1.5  # up to 7 mm, 1.4 mm/px
         assert 0.5 < prior.max() <= 1.0
     values, foot, _ = nodule_profile((64, 64), Nodule(32.2, 30.7, 6, 6, 0, 1, 0.1))
     assert values.max() == pytest.approx(1.0) and foot.sum() == pytest.approx(math.pi * 36, rel=0.1)

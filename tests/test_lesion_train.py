@@ -164,7 +164,7 @@ def test_generated_heatmap_prior_is_seeded_per_image_and_shifted() -> None:
     first, second = build(Path("x/a.png"), image), build(Path("y/a.png"), image)
     np.testing.assert_array_equal(first, second)  # same stem and seed: same direction
     peak = np.unravel_index(np.argmax(first), first.shape)
-    assert math.hypot(peak[1] - 30, peak[0] - 20) == pytest.approx(10, abs=1.5)  # 3.5 mm
+    assert 1 < math.hypot(peak[1] - 30, peak[0] - 20) <= 10 + 1.5  # up to 3.5 mm: 10 px
     other = prior_builder("heatmap", points, shift_mm=3.5, pixel_mm=0.35, seed=8)
     assert other is not None and not np.array_equal(other(Path("a.png"), image), first)
     assert prior_builder(None) is None

@@ -12,11 +12,13 @@ from cxrssl.data.datasets import DatasetWarning, index_files
 from cxrssl.errors import DatasetError
 from cxrssl.files import write_text_atomic
 from cxrssl.lesions.froc import (
+    CONTRAST_GROUPS,
     FP_RATES,
     SIZE_GROUPS,
     SUBTLETY_GROUPS,
     Froc,
     by_group,
+    contrast_group,
     froc,
     plot_froc,
     size_group,
@@ -34,7 +36,8 @@ def register(sub: Any) -> None:
             "A detection hits a nodule when its centre lies within the nodule's radius; each "
             "nodule counts once (its highest-scoring hit), further hits on it are neither true "
             "nor false positives (LUNA16); other detections are false positives. Breakdowns by "
-            "size and subtlety keep the false positives of all images."
+            "size, subtlety (JSRT) and contrast (cxrssl simulate-nodules) keep the false "
+            "positives of all images."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -63,7 +66,7 @@ def register(sub: Any) -> None:
 
 def _row(name: str, r: Froc) -> str:
     cells = " ".join(f"{s:>6.3f}" for s in r.sensitivity)
-    return f"{name:<12} {cells} {r.cpm:>6.3f} {r.n_nodules:>5}"
+    return f"{name:<18} {cells} {r.cpm:>6.3f} {r.n_nodules:>5}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
     subtlety = by_group(
         detections, truth, n_images, subtlety_group, order=SUBTLETY_GROUPS, **options
     )
+    contrast = by_group(
+        detections, truth, n_images, contrast_group, order=CONTRAST_GROUPS, **options
+    )
     print(
         f"{overall.n_images} images, {overall.n_nodules} nodules ({overall.n_found} ever hit), "
         f"{overall.n_detections} detections: {overall.n_false_positives} false positives, "
@@ -124,9 +130,9 @@ def run(args: argparse.Namespace) -> int:
     ):
         print(f"{rate:>9g} {s:>11.3f} {f'[{lo:.3f}, {hi:.3f}]':>16} {t:>9.4g}")
     head = " ".join(f"{r:>6g}" for r in overall.rates)
-    for title, groups in (("size", sizes), ("subtlety", subtlety)):
+    for title, groups in (("size", sizes), ("subtlety", subtlety), ("contrast", contrast)):
         if groups:
-            print(f"\nby {title} (FPs over all images)\n{'':<12} {head} {'CPM':>6} {'n':>5}")
+            print(f"\nby {title} (FPs over all images)\n{'':<18} {head} {'CPM':>6} {'n':>5}")
             for name, r in groups.items():
                 print(_row(name, r))
     ci = f" [{overall.cpm_low:.3f}, {overall.cpm_high:.3f}]" if args.n_boot else ""
@@ -147,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
             "overall": overall.as_dict(),
             "by_size": {k: v.as_dict() for k, v in sizes.items()},
             "by_subtlety": {k: v.as_dict() for k, v in subtlety.items()},
+            "by_contrast": {k: v.as_dict() for k, v in contrast.items()},
         }
         write_text_atomic(args.json, json.dumps(payload, indent=2))
         print(f"results: {args.json}")

@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
     s.add_argument("--negatives", type=float, default=0.0, help="share of films left without")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--pixel-mm", type=float, default=PIXEL_MM, help="pixel size of the films")
-    s.add_argument("--prior-shift-mm", type=float, default=0.0, help="prior displacement")
+    s.add_argument("--prior-shift-mm", type=float, default=0.0, help="largest prior displacement")
     s.add_argument("--prior-blur-mm", type=float, default=2.0, help="prior blur (sigma)")
     s.set_defaults(func=run_simulate)
 

@@ -121,9 +121,9 @@ def register(sub: Any) -> None:
         "--pixel-mm", type=float, default=None, help="lesion runs: pixel size (none: the run's)"
     )
     q.add_argument(
-        "--prior-shift-mm", type=float, default=0.0, help="lesion runs: heatmap point shift"
+        "--prior-shift-mm", type=float, default=0.0, help="lesion runs: largest heatmap point shift"
     )
-    q.add_argument("--seed", type=int, default=0, help="lesion runs: seed of the shift directions")
+    q.add_argument("--seed", type=int, default=0, help="lesion runs: seed of the shifts")
     q.set_defaults(func=run_predict)
     _register_lesion(sub, fmt)
 
@@ -158,7 +158,7 @@ def _register_lesion(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         "--prior-shift-mm",
         type=float,
         default=d.prior_shift_mm,
-        help="displace each heatmap point by this much, in a seeded random direction per image",
+        help="displace each heatmap point by up to this much (uniform over the disc, seeded)",
     )
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--model", default=d.model, choices=sorted(NETS), help="network")

@@ -38,6 +38,8 @@ from cxrssl.metrics import _check_ci, _interval, _resample_counts
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 SIZE_GROUPS = ("<10 mm", "10-20 mm", "20-30 mm", ">=30 mm")
 SUBTLETY_GROUPS = tuple(f"subtlety {s}" for s in range(1, 6))
+CONTRAST_EDGES = (0.10, 0.15, 0.20)  # simulated peak added brightness (cxrssl simulate-nodules)
+CONTRAST_GROUPS = ("contrast <0.10", "contrast 0.10-0.15", "contrast 0.15-0.20", "contrast >=0.20")
 _CHUNK = 2_000_000  # values per bootstrap chunk
 
 
@@ -314,6 +316,17 @@ def size_group(pixel_mm: float) -> Callable[[Point], str]:
 def subtlety_group(p: Point) -> str | None:
     """A ``key`` for :func:`by_group`: ``subtlety N`` (JSRT 1-5), None where unknown."""
     return None if p.subtlety is None else f"subtlety {p.subtlety}"
+
+
+def contrast_group(p: Point) -> str | None:
+    """A ``key`` for :func:`by_group`: the bin (:data:`CONTRAST_GROUPS`) of a simulated
+    nodule's ``contrast`` column; None where the truth has none (real nodules)."""
+    raw = p.extra.get("contrast", "")
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return CONTRAST_GROUPS[int(np.searchsorted(CONTRAST_EDGES, value, side="right"))]
 
 
 def plot_froc(

@@ -3,8 +3,9 @@
 Generated kinds (:data:`PRIOR_KINDS`):
 
 - ``heatmap``: a Gaussian of peak 1 and sigma ``HEATMAP_SIGMA`` x the radius at each nodule
-  point, displaced by ``shift_px`` in a random direction (the inexact location a follow-up
-  study or a referring note gives); the maximum where they overlap; zeros without points.
+  point, displaced by up to ``shift_px`` (:func:`displacement`: uniform over that disc, the
+  inexact location a follow-up study or a referring note gives); the maximum where they
+  overlap; zeros without points.
 - ``pathology``: the rule-based candidate score (:func:`cxrssl.anatomy.pathology_map`) / 255.
 - ``lungs``: the rule-based lung mask (:func:`cxrssl.anatomy.lung_mask`) as 0.0 / 1.0.
 
@@ -27,12 +28,19 @@ from cxrssl.errors import DatasetError, ImageReadError
 from cxrssl.io import IMAGE_SUFFIXES, read_image
 from cxrssl.lesions.points import Point
 
-__all__ = ["PRIOR_KINDS", "make_prior", "parse_prior", "read_prior"]
+__all__ = ["PRIOR_KINDS", "displacement", "make_prior", "parse_prior", "read_prior"]
 
 PRIOR_KINDS = ("heatmap", "pathology", "lungs")
 HEATMAP_SIGMA = 0.5  # heatmap Gaussian sigma, share of the nodule's radius
 _MIN_SIGMA = 1.0  # px: the smallest heatmap sigma
 _REACH = 4.0  # the Gaussian is drawn out to this many sigmas
+
+
+def displacement(rng: np.random.Generator, max_px: float) -> tuple[float, float]:
+    """A (dy, dx) drawn uniformly over the disc of radius ``max_px``: a registration error
+    of up to ``max_px`` in any direction (mean distance 2/3 of it)."""
+    turn, reach = rng.uniform(0, 2 * math.pi), max_px * math.sqrt(rng.random())
+    return reach * math.sin(turn), reach * math.cos(turn)
 
 
 def _heatmap(
@@ -41,8 +49,8 @@ def _heatmap(
     out = np.zeros(shape, np.float32)
     h, w = shape
     for p in points:
-        turn = rng.uniform(0, 2 * math.pi)
-        cy, cx = p.y + shift_px * math.sin(turn), p.x + shift_px * math.cos(turn)
+        dy, dx = displacement(rng, shift_px)
+        cy, cx = p.y + dy, p.x + dx
         sigma = max(HEATMAP_SIGMA * p.radius_px, _MIN_SIGMA)
         reach = _REACH * sigma
         y0, y1 = max(math.floor(cy - reach), 0), min(math.ceil(cy + reach) + 1, h)
@@ -70,8 +78,8 @@ def make_prior(
         kind: one of :data:`PRIOR_KINDS`.
         image: (H, W) radiograph, float in [0, 1] or uint8.
         points: the image's nodules (``heatmap`` only).
-        shift_px: displacement of each heatmap peak (px).
-        rng: draws the displacement directions; ``default_rng(0)`` when None.
+        shift_px: the largest displacement of a heatmap peak (px).
+        rng: draws the displacements; ``default_rng(0)`` when None.
 
     Returns:
         float32 (H, W) in [0, 1].

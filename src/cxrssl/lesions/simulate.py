@@ -28,9 +28,9 @@ film: ``background`` (median grey), ``ridge`` (mean band-pass ``G(RIDGE_MM[0]) -
 G(RIDGE_MM[1])``: positive over ribs) and ``clutter`` (its standard deviation).
 
 **Prior.** ``OUT/priors/<stem>.png``: a DRR-like follow-up view of the image's nodules,
-each profile blurred further by a Gaussian of sigma ``prior_blur_mm`` and displaced by
-``prior_shift_mm`` in a random direction, peak values kept (a blurred small nodule is
-fainter); 0 where there is none (all 0 for a negative).
+each profile blurred further by a Gaussian of sigma ``prior_blur_mm`` and displaced by up
+to ``prior_shift_mm`` (:func:`cxrssl.lesions.priors.displacement`), peak values kept (a
+blurred small nodule is fainter); 0 where there is none (all 0 for a negative).
 
 Randomness: each image draws from ``default_rng([seed, crc32(stem)])``, so an image's
 nodules do not depend on the other films of the folder.
@@ -54,6 +54,7 @@ from cxrssl.errors import DatasetError
 from cxrssl.files import write_bytes_atomic
 from cxrssl.io import read_image, read_mask, write_mask
 from cxrssl.lesions.points import PIXEL_MM, Point, write_points
+from cxrssl.lesions.priors import displacement
 
 __all__ = ["Nodule", "SimulationSummary", "nodule_profile", "simulate_nodules"]
 
@@ -249,7 +250,7 @@ def simulate_nodules(
         pixel_mm: pixel size of the films.
         sizes_mm: (smallest, largest) diameter.
         contrasts: (lowest, highest) peak added brightness ``c``.
-        prior_shift_mm: displacement of each nodule in the prior.
+        prior_shift_mm: the largest displacement of a nodule in the prior.
         prior_blur_mm: Gaussian sigma of the prior's extra blur.
         negatives: share of films left without a nodule, drawn per film.
 
@@ -298,9 +299,7 @@ def simulate_nodules(
             values, foot, box = nodule_profile(image.shape, n)
             film[box] += np.float32(n.contrast) * values * (1 - film[box])
             mask[box] |= foot.astype(np.uint8)
-            turn = rng.uniform(0, 2 * math.pi)
-            shift = (shift_px * math.sin(turn), shift_px * math.cos(turn))
-            values, _, box = nodule_profile(image.shape, n, blur_px, shift)
+            values, _, box = nodule_profile(image.shape, n, blur_px, displacement(rng, shift_px))
             prior[box] = np.maximum(prior[box], values)
             points.append(point)
             sites[point.extra["site"]] = sites.get(point.extra["site"], 0) + 1

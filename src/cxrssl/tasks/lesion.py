@@ -8,9 +8,9 @@ each image's original size and run folder, with
   size, with ``grown.csv``) so that scoring, ``cxrssl evaluate-masks`` and the run read the
   same truth;
 - a prior map per image as a second input channel (:mod:`cxrssl.lesions.priors`: a folder
-  matched by stem, or generated: ``heatmap`` from the points, each displaced by
-  ``prior_shift_mm`` in a direction drawn from a generator seeded by the run's seed and the
-  image's stem; ``pathology``; ``lungs``), built on the full image, then cropped and
+  matched by stem, or generated: ``heatmap`` from the points, each displaced by up
+  to ``prior_shift_mm`` (uniform over that disc) with a generator seeded by the run's seed
+  and the image's stem; ``pathology``; ``lungs``), built on the full image, then cropped and
   letterboxed exactly like it (:func:`cxrssl.tasks.seg_data.fit_prior`) and cached with it;
   augmentation moves it with the image and never changes its values;
 - the recipe of :class:`LesionConfig`: the ``prior_guided`` network, the ``lesion`` loss,
@@ -95,8 +95,8 @@ class LesionConfig(SegConfig):
         postprocess: ``none`` (a lesion mask keeps every component).
         priors: Prior spec (``cxrssl.lesions.priors.parse_prior``): a folder of maps matched
             by stem, or ``heatmap`` (needs points), ``pathology``, ``lungs``; None: no prior.
-        prior_shift_mm: Displacement of each point of a generated heatmap, in mm, in a random
-            direction per image (seeded by ``seed`` and the image's stem).
+        prior_shift_mm: Largest displacement of each point of a generated heatmap, in mm,
+            drawn uniformly over that disc per image (seeded by ``seed`` and the stem).
         pixel_mm: Pixel size of the images as stored (points' ``diameter_mm``, the shift).
         freeze_stages: Encoder stages frozen from the finest (the engine's ``freeze``); None:
             all but the last two when starting from ``init`` (the seed's partial fine-tuning),
@@ -203,9 +203,10 @@ def prior_builder(
     """Each image's prior map (:data:`~cxrssl.tasks.seg_data.PriorFn`) for a prior ``spec``.
 
     A folder spec reads the map with the image's stem (``read_prior``); a generated kind is
-    made from the image (and, for ``heatmap``, its points, each displaced by ``shift_mm`` in a
-    direction drawn from ``numpy.random.default_rng([seed, crc32(stem)])``, so an image's
-    prior does not depend on which other images are in the run).
+    made from the image (and, for ``heatmap``, its points, each displaced by up to
+    ``shift_mm`` (:func:`cxrssl.lesions.priors.displacement`) drawn from
+    ``numpy.random.default_rng([seed, crc32(stem)])``, so an image's prior does not depend on
+    which other images are in the run).
 
     Returns:
         None for no ``spec``.
@@ -402,7 +403,7 @@ def predict_lesions(
             ``lungs``; ``heatmap`` with ``points``).
         points: Nodule points CSV for a ``heatmap`` prior.
         pixel_mm: Pixel size of the images (points' mm, the shift); None: the run's.
-        prior_shift_mm: Displacement of the heatmap's points (see :func:`prior_builder`).
+        prior_shift_mm: Largest displacement of the heatmap's points (see :func:`prior_builder`).
         seed: Seed of the displacement directions.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
 
