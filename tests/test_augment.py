@@ -20,6 +20,7 @@ from cxrssl.augment import (
     box_affine,
     compose,
     invert,
+    patch_boxes,
     photometric,
     random_affine,
     random_resized_crop,
@@ -341,3 +342,23 @@ def test_noise_probability_spares_some_samples() -> None:
     noisy = (out != 0.5).flatten(1).any(1).float().mean()
     assert 0.45 < noisy < 0.75
     assert math.isclose(PRETRAIN_AUGMENT.hflip, 0.5) and PRETRAIN_AUGMENT.crops
+
+
+def test_patch_boxes_hold_the_foreground_when_asked_and_stay_inside() -> None:
+    masks = torch.zeros(64, 1, 96, 80)
+    masks[:32, 0, 90, 3] = 1  # one positive pixel near a corner in the first half
+    g = torch.Generator().manual_seed(0)
+    boxes = patch_boxes(masks, 32, 1.0, g)
+    assert boxes.shape == (64, 4)
+    x0, y0, x1, y1 = boxes.unbind(1)
+    assert torch.equal(x1 - x0, torch.full((64,), 32.0)) and torch.equal(y1 - y0, x1 - x0)
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x1 <= 80).all() and (y1 <= 96).all()
+    assert torch.equal(boxes, boxes.round())
+    hit = (x0 <= 3) & (3 < x1) & (y0 <= 90) & (90 < y1)
+    assert hit[:32].all()  # foreground samples: the pixel is inside every box
+    assert not hit[32:].all() and len({tuple(b) for b in boxes[32:].tolist()}) > 20  # anywhere
+    never = patch_boxes(masks, 32, 0.0, torch.Generator().manual_seed(0))
+    hit = (never[:, 0] <= 3) & (never[:, 1] <= 90) & (never[:, 1] + 32 > 90)
+    assert hit[:32].float().mean() < 0.5
+    with pytest.raises(CxrsslError, match="patch side 97"):
+        patch_boxes(masks, 97, 0.5, g)

@@ -53,7 +53,7 @@ def test_train_lesion_with_points_and_a_heatmap_prior_then_predict(
     run = tmp_path / "run"
     args = ["--images", str(images), "--points", str(points), "--out", str(run)]
     args += ["--priors", "heatmap", "--prior-shift-mm", "1", "--folds", "2"]
-    args += ["--val-fraction", "0.25", "--device", "cpu", "--seed", "3", *FAST]
+    args += ["--val-fraction", "0.25", "--device", "cpu", "--seed", "3", "--patch", "32", *FAST]
     assert main(["train-lesion", *args]) == 0
     printed = capsys.readouterr().out
     assert "dice" in printed and "detection:" in printed
@@ -70,6 +70,7 @@ def test_train_lesion_with_points_and_a_heatmap_prior_then_predict(
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["complete"] and summary["config"]["priors"] == "heatmap"
+    assert summary["config"]["patch"] == 32  # trained on patches, scored on whole images
     assert summary["config"]["model_kwargs"]["in_channels"] == 2
     for name in ("dice", "iou", "precision", "sensitivity"):
         assert name in summary["per_image"]

@@ -24,6 +24,7 @@ from cxrssl.tasks import Predictor, SegConfig, seg_data, train_seg
 from cxrssl.tasks.lesion import LesionConfig
 from cxrssl.tasks.seg_data import draw_labelled, load_cache, open_folders, to_uint8
 from cxrssl.tasks.seg_task import (
+    DEFAULT_AUGMENT,
     HIGH_THRESHOLDS,
     THRESHOLDS,
     SegmentationTask,
@@ -135,6 +136,44 @@ def test_deep_supervision_loss_and_components() -> None:
     assert set(metrics) == {"loss", "dice", "iou", "dice_tuned", "threshold"}
     overlay = task.overlays(net, (images, masks))["val/overlay"]
     assert overlay.shape == (3, 32, 64)
+
+
+def test_patch_training_crops_image_prior_and_mask_alike() -> None:
+    class Shapes(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.seen = x
+            return x[:, :1] * 0
+
+    images = torch.randint(0, 256, (4, 2, 64, 64), generator=torch.Generator().manual_seed(0))
+    images = images.to(torch.uint8).numpy()
+    masks = torch.zeros(4, 1, 64, 64, dtype=torch.uint8)
+    masks[:, 0, 50:53, 5:8] = 1
+    net = Shapes()
+    for augmentation in (None, DEFAULT_AUGMENT):
+        task = SegmentationTask(get_loss("lesion"), augmentation, prior_channels=1, patch=32)
+        batch = (torch.as_tensor(images), masks)
+        loss, _ = task.training_step(net, batch, torch.Generator().manual_seed(1))
+        assert net.seen.shape == (4, 2, 32, 32) and torch.isfinite(loss)
+    task = SegmentationTask(get_loss("lesion"), None, prior_channels=1, patch=32)
+    cut, cut_masks = task._augment(
+        torch.as_tensor(images).float(), masks.float(), torch.Generator().manual_seed(2)
+    )
+    # Without augmentation a patch is an exact crop of image, prior and mask at one place.
+    for i in range(4):
+        source = torch.as_tensor(images[i]).float()
+        places = [
+            (y, x)
+            for y in range(33)
+            for x in range(33)
+            if torch.equal(cut[i], source[:, y : y + 32, x : x + 32])
+        ]
+        assert len(places) == 1
+        y0, x0 = places[0]
+        assert torch.equal(cut_masks[i], masks[i, :, y0 : y0 + 32, x0 : x0 + 32].float())
+    with pytest.raises(CxrsslError, match="multiple of 32"):
+        SegConfig(size=64, patch=48)
+    with pytest.raises(CxrsslError, match="below --size 64"):
+        SegConfig(size=64, patch=64)
 
 
 class Killed(Exception):

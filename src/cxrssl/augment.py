@@ -183,6 +183,45 @@ def box_affine(
     return _affine((x1 - x0) / width, zero, zero, (y1 - y0) / height, tx, ty)
 
 
+def patch_boxes(
+    masks: torch.Tensor, patch: int, foreground: float, generator: torch.Generator
+) -> torch.Tensor:
+    """One ``patch`` x ``patch`` box per sample for :func:`augment_view`'s ``boxes``: with
+    probability ``foreground`` (where the sample has a positive pixel) around a positive
+    pixel drawn uniformly, off-centre by up to a quarter of the side; otherwise anywhere.
+    Foreground oversampling as nnU-Net's (a third of its patches): small lesions in large
+    images are otherwise rare in a batch.
+
+    Args:
+        masks: (B, 1, H, W) {0, 1} masks.
+        patch: Side of the boxes in pixels, at most min(H, W).
+        foreground: Share of samples centred on foreground, in [0, 1].
+        generator: Source of the draws (its device is where they are drawn).
+
+    Returns:
+        (B, 4) float32 ``(x0, y0, x1, y1)`` integer-valued boxes inside the input.
+    """
+    n, _, height, width = masks.shape
+    if not 0 < patch <= min(height, width):
+        raise CxrsslError(f"patch side {patch} must lie in 1..{min(height, width)}")
+    dev = generator.device
+    draws = torch.rand(n, 3, generator=generator, device=dev).cpu()
+    out = torch.empty(n, 4)
+    for i in range(n):
+        cy = float(draws[i, 0]) * height
+        cx = float(draws[i, 1]) * width
+        if float(draws[i, 2]) < foreground:
+            rows, cols = torch.nonzero(masks[i, 0] > 0.5, as_tuple=True)
+            if len(rows):
+                k = int(torch.randint(len(rows), (1,), generator=generator, device=dev))
+                off = (torch.rand(2, generator=generator, device=dev).cpu() - 0.5) * (patch / 2)
+                cy, cx = float(rows[k]) + 0.5 + float(off[0]), float(cols[k]) + 0.5 + float(off[1])
+        y0 = min(max(round(cy - patch / 2), 0), height - patch)
+        x0 = min(max(round(cx - patch / 2), 0), width - patch)
+        out[i] = torch.tensor([x0, y0, x0 + patch, y0 + patch], dtype=torch.float32)
+    return out
+
+
 def _homogeneous(theta: torch.Tensor) -> torch.Tensor:
     """(..., 2, 3) -> (..., 3, 3)."""
     bottom = torch.zeros_like(theta[..., :1, :])

@@ -76,6 +76,12 @@ def register(sub: Any) -> None:
     p.add_argument("--tta", action="store_true", help="average with the flipped prediction")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument(
+        "--patch",
+        type=int,
+        default=None,
+        help="train on PATCH-px crops of the --size input, a third around foreground",
+    )
+    p.add_argument(
         "--target-sensitivity",
         type=float,
         default=None,
@@ -205,6 +211,12 @@ def _register_lesion(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--tta", action="store_true", help="average with the flipped prediction")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument(
+        "--patch",
+        type=int,
+        default=None,
+        help="train on PATCH-px crops of the --size input, a third around foreground",
+    )
+    p.add_argument(
         "--min-diameter-px",
         type=float,
         default=d.min_diameter_px,
@@ -231,7 +243,8 @@ def _register_lesion(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
 
 _RECIPE = (
     "model", "loss", "size", "crop", "epochs", "batch_size", "lr", "folds", "val_fraction",
-    "n_labelled", "init", "freeze_encoder", "postprocess", "tta", "empty", "seed", "device",
+    "n_labelled", "init", "freeze_encoder", "patch", "postprocess", "tta", "empty", "seed",
+    "device",
 )  # fmt: skip
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrssl.augment import AugmentConfig, MapKind, augment, augment_view
+from cxrssl.augment import AugmentConfig, MapKind, augment_view, patch_boxes
 from cxrssl.errors import CxrsslError
 from cxrssl.metrics import batch_metrics
 
@@ -22,6 +22,7 @@ THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(2, 19))  # 0.10 ... 0.90
 HIGH_THRESHOLDS = (*THRESHOLDS, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
 POSTPROCESS = ("none", "lungs", "largest")
 DEFAULT_AUGMENT = AugmentConfig()
+PATCH_FOREGROUND = 1 / 3  # share of training patches centred on foreground (nnU-Net's)
 
 
 def as_float(images: torch.Tensor) -> torch.Tensor:
@@ -128,6 +129,9 @@ class SegmentationTask:
             pixel): defined on any validation set, and lesion-free images' false positives
             count in it.
         thresholds: The candidate thresholds of the tuning.
+        patch: Train on ``patch`` x ``patch`` crops of each input (:func:`patch_boxes`,
+            :data:`PATCH_FOREGROUND` of them around foreground), cut in the same warp as the
+            augmentation; validation sees whole inputs. None: whole inputs.
     """
 
     def __init__(
@@ -138,6 +142,7 @@ class SegmentationTask:
         prior_channels: int = 0,
         pooled_dice: bool = False,
         thresholds: Sequence[float] = THRESHOLDS,
+        patch: int | None = None,
     ) -> None:
         self.loss = loss
         self.thresholds = tuple(thresholds)
@@ -145,22 +150,34 @@ class SegmentationTask:
         self.target_sensitivity = target_sensitivity
         self.prior_channels = int(prior_channels)
         self.pooled_dice = pooled_dice
+        self.patch = patch
 
     def _augment(
         self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.augmentation is not None
-        if not self.prior_channels:
-            images, aug_masks = augment(images, masks, generator, self.augmentation)
-            assert aug_masks is not None
-            return images, aug_masks
+        boxes, size = None, None
+        if self.patch:
+            boxes = patch_boxes(masks, self.patch, PATCH_FOREGROUND, generator)
+            size = (self.patch, self.patch)
+        if self.augmentation is None:
+            assert boxes is not None
+            cut = [
+                (slice(None), slice(y0, y1), slice(x0, x1))
+                for x0, y0, x1, y1 in boxes.int().tolist()
+            ]
+            return (
+                torch.stack([images[i][c] for i, c in enumerate(cut)]),
+                torch.stack([masks[i][c] for i, c in enumerate(cut)]),
+            )
         k = self.prior_channels
-        maps: dict[str, tuple[torch.Tensor, MapKind]] = {
-            "masks": (masks, "binary"),
-            "prior": (images[:, -k:], "soft"),
-        }
-        view = augment_view(images[:, :-k], maps, generator, self.augmentation)
-        return torch.cat([view.image, view.maps["prior"]], 1), view.maps["masks"]
+        maps: dict[str, tuple[torch.Tensor, MapKind]] = {"masks": (masks, "binary")}
+        if k:
+            maps["prior"] = (images[:, -k:], "soft")
+        view = augment_view(
+            images[:, : images.shape[1] - k], maps, generator, self.augmentation, boxes, size
+        )
+        image = torch.cat([view.image, view.maps["prior"]], 1) if k else view.image
+        return image, view.maps["masks"]
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if logits.ndim == 4:
@@ -175,7 +192,7 @@ class SegmentationTask:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Augment, forward, loss; components of the main output when the loss has them."""
         images, masks = as_float(batch[0]), batch[1].float()
-        if self.augmentation is not None:
+        if self.augmentation is not None or self.patch:
             images, masks = self._augment(images, masks, generator)
         loss = self._loss(model(images), masks)
         parts = getattr(self.loss, "last_components", {})

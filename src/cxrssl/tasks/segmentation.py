@@ -115,6 +115,10 @@ class SegConfig:
         encoder_lr_mult: Learning-rate multiplier of the encoder (e.g. 0.1 after ``init``).
         freeze_encoder: Train the decoder only.
         augment: Batch augmentation (rotation, scale, shift, brightness, contrast, noise).
+        patch: Train on ``patch`` x ``patch`` crops of the letterboxed inputs, a third of them
+            around foreground (``cxrssl.augment.patch_boxes``): small lesions at a high
+            ``size`` for the cost of a small one. A multiple of 32, below ``size``;
+            validation and prediction see whole inputs. None: whole inputs.
         postprocess: ``"none"``, ``"lungs"`` (two largest parts, holes filled), ``"largest"``.
         tta: Average with the horizontally flipped prediction.
         target_sensitivity: Tune the threshold for this sensitivity instead of best Dice.
@@ -143,6 +147,7 @@ class SegConfig:
     encoder_lr_mult: float = 1.0
     freeze_encoder: bool = False
     augment: bool = True
+    patch: int | None = None
     postprocess: str = "lungs"
     tta: bool = False
     target_sensitivity: float | None = None
@@ -165,6 +170,10 @@ class SegConfig:
     def __post_init__(self) -> None:
         if self.crop is not None:
             check_crop(self.crop)
+        if self.patch is not None and not (0 < self.patch < self.size and self.patch % 32 == 0):
+            raise CxrsslError(
+                f"--patch must be a multiple of 32 below --size {self.size}, got {self.patch}"
+            )
 
     def param_settings(self, net: nn.Module) -> tuple[dict[str, float], tuple[str, ...]]:
         """The engine's learning-rate multipliers and frozen prefixes for ``net``: the encoder
@@ -181,6 +190,7 @@ class SegConfig:
             prior_channels,
             pooled_dice=self.MONITOR == "dice_pooled",
             thresholds=self.THRESHOLDS,
+            patch=self.patch,
         )
 
     def checkpoint_extra(self) -> dict[str, Any]:
