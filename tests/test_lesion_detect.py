@@ -59,6 +59,25 @@ def test_binary_mask_scores_one_and_diagonal_pixels_join() -> None:
     assert detect(np.zeros((8, 8), np.float32), "e.png") == []
 
 
+def test_fainter_levels_add_separate_candidates_only() -> None:
+    prob = np.zeros((100, 100), np.float32)
+    prob[_disc(prob.shape, 30, 30, 12)] = 0.6  # a halo around the strong blob
+    prob[_disc(prob.shape, 30, 30, 5)] = 0.99  # the mask's detection
+    prob[_disc(prob.shape, 75, 75, 4)] = 0.7  # a separate fainter blob
+    prob[_disc(prob.shape, 75, 20, 4)] = 0.35  # fainter still
+    strong = detect(prob, "a.png", threshold=0.95)
+    assert [d.score for d in strong] == pytest.approx([0.99])
+    found = detect(prob, "a.png", threshold=0.95, levels=(0.99, 0.8, 0.5, 0.3))
+    assert [d.score for d in found] == pytest.approx([0.99, 0.7, 0.35])  # no halo, no repeat
+    assert found[0] == strong[0]  # the mask's detection is unchanged
+    assert (found[1].x, found[1].y) == pytest.approx((75.0, 75.0), abs=1e-4)
+    assert found[2].diameter_px == pytest.approx(
+        2 * math.sqrt(_disc((100, 100), 75, 20, 4).sum() / math.pi)
+    )
+    with pytest.raises(DatasetError, match="thresholds"):
+        detect(prob, "a.png", levels=(0.0,))
+
+
 def test_bad_maps_are_errors_naming_the_file() -> None:
     with pytest.raises(DatasetError, match=r"x\.png.*H x W"):
         detect(np.zeros((2, 8, 8), np.float32), "x.png")

@@ -4,7 +4,8 @@ A detection is a :class:`~cxrssl.lesions.points.Point` with a ``score``: its cen
 probability-weighted centroid of the component (x column, y row, 0-based pixel centres, as in
 the points CSV), ``diameter_px`` the diameter of the circle of the same area, and ``score``
 the component's highest probability. On a binary mask every score is 1.0: the FROC then has
-one operating point; it needs graded scores (probabilities) to trace a curve.
+one operating point; it needs graded scores (probabilities) to trace a curve, and fainter
+candidates below the mask's threshold (``levels``) to reach more false positives per image.
 """
 
 from __future__ import annotations
@@ -23,15 +24,25 @@ from cxrssl.lesions.points import Point, write_points
 
 
 def detect(
-    prob: np.ndarray, file: str, threshold: float = 0.5, min_diameter_px: float = 3.0
+    prob: np.ndarray,
+    file: str,
+    threshold: float = 0.5,
+    min_diameter_px: float = 3.0,
+    levels: Sequence[float] = (),
 ) -> list[Point]:
-    """The connected components (8-connected) of ``prob >= threshold`` as detections.
+    """The connected components (8-connected) of ``prob >= threshold`` as detections; then,
+    level by level down ``levels`` (those below ``threshold``), each component of ``prob >=
+    level`` that holds no pixel of the level above: a fainter, separate candidate, scored by
+    its own peak (so below every detection of the levels above). The detections at
+    ``threshold`` are the mask's; the fainter ones extend a FROC to more false positives.
 
     Args:
         prob: (H, W) probabilities in [0, 1], or a 0/1 mask.
         file: the image's file name, given to every detection.
         threshold: the probability a pixel needs to belong to a component, in (0, 1].
         min_diameter_px: components whose equivalent diameter is below this are dropped.
+        levels: lower thresholds for fainter candidates; values at or above ``threshold``
+            are ignored.
 
     Returns:
         The detections, highest score first (ties: the larger first).
@@ -42,15 +53,30 @@ def detect(
     p = np.asarray(prob, dtype=np.float32)
     if p.ndim != 2:
         raise DatasetError(f"{file}: a probability map must be H x W, got shape {p.shape}")
-    if not 0.0 < threshold <= 1.0:
-        raise DatasetError(f"{file}: the detection threshold must lie in (0, 1], got {threshold}")
+    if not 0.0 < threshold <= 1.0 or any(not 0.0 < t <= 1.0 for t in levels):
+        raise DatasetError(
+            f"{file}: detection thresholds must lie in (0, 1], got {threshold} and {levels}"
+        )
     if p.size and (float(np.nanmin(p)) < 0.0 or float(np.nanmax(p)) > 1.0):
         raise DatasetError(
             f"{file}: probabilities must lie in [0, 1], got {np.nanmin(p):g} to "
             f"{np.nanmax(p):g} (pass masks as 0/1)"
         )
-    fg = (p >= threshold).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    above: np.ndarray | None = None
+    found: list[Point] = []
+    for level in [threshold, *sorted((t for t in levels if t < threshold), reverse=True)]:
+        fg = p >= level
+        found += _components(p, fg, file, min_diameter_px, above)
+        above = fg
+    found.sort(key=lambda d: (-(d.score or 0.0), -d.diameter_px))
+    return found
+
+
+def _components(
+    p: np.ndarray, fg: np.ndarray, file: str, min_diameter_px: float, above: np.ndarray | None
+) -> list[Point]:
+    """Detections of the components of ``fg`` holding no pixel of ``above`` (if given)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8), connectivity=8)
     if n <= 1:
         return []
     rows, cols = np.nonzero(labels)
@@ -63,13 +89,14 @@ def detect(
     np.maximum.at(peak, lab, w)
     area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
     diameter = np.sqrt(4.0 * area / math.pi)
-    found = [
+    taken = np.zeros(n, bool)
+    if above is not None:
+        taken[np.unique(labels[above])] = True
+    return [
         Point(file, float(cx[i]), float(cy[i]), float(diameter[i]), score=float(peak[i]))
         for i in range(1, n)
-        if diameter[i] >= min_diameter_px
+        if diameter[i] >= min_diameter_px and not taken[i]
     ]
-    found.sort(key=lambda d: (-(d.score or 0.0), -d.diameter_px))
-    return found
 
 
 def detections_from_masks(masks_dir: Path, min_diameter_px: float = 3.0) -> list[Point]:

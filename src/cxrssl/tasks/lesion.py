@@ -18,8 +18,10 @@ each image's original size and run folder, with
   encoder stages frozen when starting from ``--init``, the epoch chosen by the pooled
   validation Dice;
 - detections (:func:`cxrssl.lesions.detect.detect` on each scored image's probabilities at its
-  original size, at the fold's threshold) in ``OUT/detections.csv``, and, where points are
-  the truth, per-fold and per-run detection figures in ``summary.json``: a truth nodule is
+  original size: the components at the fold's threshold, then fainter separate candidates
+  down the ``THRESHOLDS`` grid, each scored by its peak) in ``OUT/detections.csv``, and,
+  where points are the truth, per-fold and per-run detection figures (of the detections at
+  the fold's threshold) in ``summary.json``: a truth nodule is
   found when a detection's centre lies within its radius, a detection is true when its centre
   lies within some truth nodule's radius (``cxrssl evaluate-detections`` gives the FROC).
 
@@ -337,27 +339,32 @@ def train_lesion(
     assert masks is not None
     prior = prior_builder(config.priors, truth, config.prior_shift_mm, config.pixel_mm, config.seed)
     cache = load_cache(open_folders(images, masks), config.size, crop=crop, prior=prior)
-    found: list[Point] = []
+    found: list[Point] = []  # every candidate, for the FROC
+    at_threshold: list[Point] = []  # those at each fold's mask threshold
 
     def fold_extra(fold: int, test: SegCache, fitted: FoldFit) -> dict[str, Any]:
         probs = original_probs(fitted.net, test, fitted.device, config.tta)
         fold_found = [
             d
             for path, p in zip(test.paths, probs, strict=True)
-            for d in detect(p, path.name, fitted.threshold, config.min_diameter_px)
+            for d in detect(
+                p, path.name, fitted.threshold, config.min_diameter_px, config.THRESHOLDS
+            )
         ]
         found.extend(fold_found)
+        kept = [d for d in fold_found if (d.score or 0.0) >= fitted.threshold]
+        at_threshold.extend(kept)
         if distributed.is_main():
             write_detections(out / "detections.csv", found)
         if truth is None:
             return {}
-        return {"detection": match_detections(fold_found, truth, [p.stem for p in test.paths])}
+        return {"detection": match_detections(kept, truth, [p.stem for p in test.paths])}
 
     summary = cross_validate(cache, config, out, resume, callbacks, fold_extra)
     if truth is not None and summary.get("folds"):
         scored = [p.stem for p in cache.paths]
         summary["detection"] = {
-            **match_detections(found, truth, scored),
+            **match_detections(at_threshold, truth, scored),
             "threshold": "each fold's",
             "hit_rule": HIT_RULE,
         }
@@ -392,7 +399,8 @@ def predict_lesions(
     device: str = "auto",
 ) -> tuple[list[Path], list[str], Path]:
     """Masks (as :func:`cxrssl.tasks.segmentation.predict`) and ``out_dir/detections.csv``
-    (every image's scored detections at the run's threshold) for a lesion run.
+    (every image's scored detections: those at the run's threshold, then fainter candidates,
+    as in training) for a lesion run.
 
     Args:
         checkpoint: A lesion run's ``best.pt``, or its run folder (fold ensemble).
@@ -441,7 +449,7 @@ def predict_lesions(
     found: list[Point] = []
 
     def on_probs(path: Path, probs: np.ndarray, threshold: float) -> None:
-        found.extend(detect(probs, path.name, threshold, min_diameter))
+        found.extend(detect(probs, path.name, threshold, min_diameter, LesionConfig.THRESHOLDS))
 
     written, failed = predict(checkpoint, images, out_dir, device, prior, on_probs)
     target = Path(out_dir) / "detections.csv"
