@@ -221,3 +221,22 @@ def test_train_lesion_flags_reach_the_config(
     assert main([*base, "--model", "unet", "--encoder", "resnet18"]) == 2
     with pytest.raises(SystemExit):  # the truth is required: masks or points
         main(["train-lesion", "--images", "a", "--out", str(tmp_path / "r")])
+
+
+def test_loss_args_switch_a_component_off_and_bad_ones_fail_early(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cxrssl.tasks import lesion
+
+    seen: list[LesionConfig] = []
+    monkeypatch.setattr(lesion, "train_lesion", lambda *a, **k: seen.append(a[2]) or {})
+    base = ["train-lesion", "--images", "a", "--points", "p.csv", "--out", str(tmp_path / "r")]
+    off = ["--loss-arg", "weighted_bce_weight=0", "--loss-arg", "tversky_weight=0.5"]
+    assert main([*base, *off]) == 0
+    config = seen[-1]
+    assert config.loss_kwargs == {"weighted_bce_weight": 0.0, "tversky_weight": 0.5}
+    loss = config.make_task().loss
+    assert set(loss.parts) == {"tversky", "focal_tversky"}  # the BCE is neither run nor logged
+    assert main([*base, "--loss-arg", "weighted_bce_weight"]) == 2  # no value
+    assert main([*base, "--loss-arg", "bogus=1"]) == 2  # the loss has no such argument
+    assert len(seen) == 1  # neither reached training

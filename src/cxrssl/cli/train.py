@@ -32,6 +32,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--model", default=_DEFAULT.model, choices=sorted(NETS), help="network")
     p.add_argument("--loss", default=_DEFAULT.loss, help="loss name (cxrssl.losses)")
+    _add_loss_arg(p)
     p.add_argument("--size", type=int, default=_DEFAULT.size, help="letterboxed input side")
     p.add_argument(
         "--crop",
@@ -175,6 +176,7 @@ def _register_lesion(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         help=f"prior_guided's encoder (none: the --init checkpoint's, else {DEFAULT_ENCODER})",
     )
     p.add_argument("--loss", default=d.loss, help="loss name (cxrssl.losses)")
+    _add_loss_arg(p)
     p.add_argument("--size", type=int, default=d.size, help="letterboxed input side")
     p.add_argument(
         "--crop", choices=CROPS, default=None, help="input crop (none: --init's, else 'none')"
@@ -248,10 +250,36 @@ _RECIPE = (
 )  # fmt: skip
 
 
+def _add_loss_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--loss-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a numeric argument of the loss, repeatable (the loss ablation: "
+        "--loss lesion --loss-arg weighted_bce_weight=0)",
+    )
+
+
+def _loss_kwargs(items: list[str]) -> dict[str, float]:
+    """``["a=1", "b=0.5"]`` -> ``{"a": 1.0, "b": 0.5}``; a clear error for anything else."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise CxrsslError(f"--loss-arg takes NAME=NUMBER, got {item!r}") from None
+    return out
+
+
 def _recipe(args: argparse.Namespace) -> dict[str, Any]:
     """The settings ``train-seg`` and ``train-lesion`` take from the same flags."""
     return {
         **{k: getattr(args, k) for k in _RECIPE},
+        "loss_kwargs": _loss_kwargs(args.loss_arg),
         "augment": not args.no_augment,
         "progress": not args.no_progress,
     }

@@ -93,6 +93,8 @@ class SegConfig:
         model: Registry name (``cxrssl.nets.NETS``).
         model_kwargs: Extra network arguments (``features``, ``dropout``, ``norm``...).
         loss: ``cxrssl.losses`` name.
+        loss_kwargs: Arguments of that loss (e.g. ``{"weighted_bce_weight": 0}`` switches a
+            component of ``lesion`` off: the loss ablation).
         size: Side of the letterboxed network input.
         crop: Input crop (``CROPS``): ``"none"`` (whole image) or ``"lung-box"`` (each image
             and its mask cropped to the seed's option-4 box of its rule-based lungs before
@@ -134,6 +136,7 @@ class SegConfig:
     model: str = "unet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     loss: str = "bce_dice"
+    loss_kwargs: dict[str, float] = field(default_factory=dict)
     size: int = 256
     crop: str | None = None
     epochs: int = 12
@@ -170,6 +173,7 @@ class SegConfig:
     def __post_init__(self) -> None:
         if self.crop is not None:
             check_crop(self.crop)
+        get_loss(self.loss, **self.loss_kwargs)  # a bad name or argument fails before any work
         if self.patch is not None and not (0 < self.patch < self.size and self.patch % 32 == 0):
             raise CxrsslError(
                 f"--patch must be a multiple of 32 below --size {self.size}, got {self.patch}"
@@ -184,7 +188,7 @@ class SegConfig:
     def make_task(self, prior_channels: int = 0) -> SegmentationTask:
         """The engine task of this recipe for inputs with ``prior_channels`` prior maps."""
         return SegmentationTask(
-            get_loss(self.loss),
+            get_loss(self.loss, **self.loss_kwargs),
             AugmentConfig() if self.augment else None,
             self.target_sensitivity,
             prior_channels,
