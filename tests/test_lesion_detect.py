@@ -74,6 +74,10 @@ def test_fainter_levels_add_separate_candidates_only() -> None:
     assert found[2].diameter_px == pytest.approx(
         2 * math.sqrt(_disc((100, 100), 75, 20, 4).sum() / math.pi)
     )
+    capped = detect(prob, "a.png", threshold=0.95, levels=(0.8, 0.5, 0.3), max_candidates=1)
+    assert [d.score for d in capped] == pytest.approx([0.99, 0.7])  # the faintest goes first
+    only_mask = detect(prob, "a.png", threshold=0.95, levels=(0.8, 0.5, 0.3), max_candidates=0)
+    assert only_mask == strong
     with pytest.raises(DatasetError, match="thresholds"):
         detect(prob, "a.png", levels=(0.0,))
 

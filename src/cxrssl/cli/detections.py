@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
         overall.thresholds,
         strict=True,
     ):
-        print(f"{rate:>9g} {s:>11.3f} {f'[{lo:.3f}, {hi:.3f}]':>16} {t:>9.4g}")
+        band = f"[{lo:.3f}, {hi:.3f}]" if args.n_boot else "-"
+        print(f"{rate:>9g} {s:>11.3f} {band:>16} {t:>9.4g}")
     head = " ".join(f"{r:>6g}" for r in overall.rates)
     for title, groups in (("size", sizes), ("subtlety", subtlety), ("contrast", contrast)):
         if groups:

@@ -340,7 +340,8 @@ def plot_froc(
     import matplotlib.pyplot as plt
 
     lo = min(result.rates) / 1.5
-    hi = max(max(result.rates), float(result.curve_fp_per_image[-1])) * 1.5
+    top = max(result.rates)  # the curve beyond 4x the highest rate tells a reader nothing
+    hi = min(max(top, float(result.curve_fp_per_image[-1])), 4 * top) * 1.5
     fig, ax = plt.subplots(figsize=(6, 4.5))
 
     def curve(r: Froc, **style: Any) -> None:
@@ -358,7 +359,8 @@ def plot_froc(
     ax.set_xscale("log")
     ax.set_xlim(lo, hi)
     ax.set_ylim(0.0, 1.02)
-    ax.set_xticks(result.rates, [f"{r:g}" for r in result.rates])
+    ax.set_xticks(result.rates, [_rate_label(r) for r in result.rates])
+    ax.minorticks_off()
     ax.set_xlabel("false positives per image")
     ax.set_ylabel("sensitivity")
     ax.set_title(f"{title}: {result.n_nodules} nodules, {result.n_images} images")
@@ -369,3 +371,10 @@ def plot_froc(
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     write_bytes_atomic(path, buf.getvalue())
+
+
+def _rate_label(rate: float) -> str:
+    """``0.125`` -> ``"1/8"``; 1 and above as they are."""
+    if 0 < rate < 1 and float(1 / rate).is_integer():
+        return f"1/{int(1 / rate)}"
+    return f"{rate:g}"

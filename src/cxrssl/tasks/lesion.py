@@ -19,7 +19,8 @@ each image's original size and run folder, with
   validation Dice;
 - detections (:func:`cxrssl.lesions.detect.detect` on each scored image's probabilities at its
   original size: the components at the fold's threshold, then fainter separate candidates
-  down the ``THRESHOLDS`` grid, each scored by its peak) in ``OUT/detections.csv``, and,
+  down the ``THRESHOLDS`` grid, each scored by its peak, the ``CANDIDATES`` highest) in
+  ``OUT/detections.csv``, and,
   where points are the truth, per-fold and per-run detection figures (of the detections at
   the fold's threshold) in ``summary.json``: a truth nodule is
   found when a detection's centre lies within its radius, a detection is true when its centre
@@ -124,6 +125,8 @@ class LesionConfig(SegConfig):
     KIND: ClassVar[str] = "lesion"
     MONITOR: ClassVar[str] = "dice_pooled"
     THRESHOLDS: ClassVar[tuple[float, ...]] = HIGH_THRESHOLDS
+    CANDIDATES: ClassVar[int] = 20
+    """Fainter candidates per image in ``detections.csv``, beside the mask's components."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -348,7 +351,12 @@ def train_lesion(
             d
             for path, p in zip(test.paths, probs, strict=True)
             for d in detect(
-                p, path.name, fitted.threshold, config.min_diameter_px, config.THRESHOLDS
+                p,
+                path.name,
+                fitted.threshold,
+                config.min_diameter_px,
+                config.THRESHOLDS,
+                config.CANDIDATES,
             )
         ]
         found.extend(fold_found)
@@ -449,7 +457,16 @@ def predict_lesions(
     found: list[Point] = []
 
     def on_probs(path: Path, probs: np.ndarray, threshold: float) -> None:
-        found.extend(detect(probs, path.name, threshold, min_diameter, LesionConfig.THRESHOLDS))
+        found.extend(
+            detect(
+                probs,
+                path.name,
+                threshold,
+                min_diameter,
+                LesionConfig.THRESHOLDS,
+                LesionConfig.CANDIDATES,
+            )
+        )
 
     written, failed = predict(checkpoint, images, out_dir, device, prior, on_probs)
     target = Path(out_dir) / "detections.csv"
