@@ -1,4 +1,5 @@
-"""``cxrssl evaluate-masks`` end to end on generated masks with hand-computed figures."""
+"""``cxrssl evaluate-masks`` end to end on generated masks with hand-computed figures;
+``cxrssl compare-runs`` on hand-written per-image tables."""
 
 from __future__ import annotations
 
@@ -132,3 +133,35 @@ def test_patients_csv_bootstraps_over_patients(
     payload = json.loads(out_json.read_text())
     assert payload["summary"]["dice"]["n_patients"] == 2
     assert [r["patient_id"] for r in payload["rows"]] == ["p1", "p1", "p2"]
+
+
+def _run(folder: Path, rows: list[tuple[int, str, str, float]]) -> Path:
+    folder.mkdir(parents=True)
+    with (folder / "per_image.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["fold", "file", "patient_id", "dice"])
+        w.writerows(rows)
+    return folder
+
+
+def test_compare_runs_pairs_images_and_bootstraps_patients(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = [(i % 2, f"{i}.png", f"p{i // 2}", 0.5) for i in range(8)]
+    ref = _run(tmp_path / "ref", base)
+    better = _run(
+        tmp_path / "better", [(k, f, p, d + 0.1 + 0.01 * (f < "4")) for k, f, p, d in base]
+    )
+    out = tmp_path / "diff.json"
+    assert main(["compare-runs", str(better), str(ref), "--json", str(out)]) == 0
+    dice = json.loads(out.read_text())["dice"]
+    assert dice["mean"] == pytest.approx(0.105) and dice["n"] == 8 and dice["n_patients"] == 4
+    assert 0.0999 <= dice["ci_low"] <= dice["ci_high"] <= 0.1101 and dice["verdict"] == "helps"
+    assert "helps" in capsys.readouterr().out
+    assert main(["compare-runs", str(ref), str(better)]) == 0
+    assert "hurts" in capsys.readouterr().out
+    moved = _run(tmp_path / "moved", [(1 - k, f, p, d) for k, f, p, d in base])
+    assert main(["compare-runs", str(moved), str(ref)]) == 2  # other folds: not paired
+    assert "different folds" in capsys.readouterr().err
+    assert main(["compare-runs", str(tmp_path), str(ref)]) == 2  # not a run folder
+    assert main(["compare-runs", str(better), str(ref), "--metrics", "hd95"]) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -18,12 +19,15 @@ from cxrssl.io import IMAGE_SUFFIXES, read_mask
 from cxrssl.metrics import (
     DEFAULT_EMPTY,
     Summary,
+    aggregate,
     binary_metrics,
     check_empty,
     convention_note,
     summarise,
 )
 from cxrssl.parallel import pool_context
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -126,3 +130,55 @@ def write_json(path: Path, evaluation: MaskEvaluation) -> None:
         "failed": evaluation.failed,
     }
     write_text_atomic(Path(path), json.dumps(payload, indent=2))
+
+
+PER_IMAGE = "per_image.csv"
+
+
+def _per_image(run: Path) -> dict[str, dict[str, str]]:
+    """A run folder's ``per_image.csv`` rows by file."""
+    path = Path(run) / PER_IMAGE
+    if not path.is_file():
+        raise DatasetError(f"{run}: no {PER_IMAGE} (a train-seg or train-lesion run folder?)")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "file" not in rows[0]:
+        raise DatasetError(f"{path}: no per-image rows with a 'file' column")
+    summary = Path(run) / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("complete") is False:
+        log.warning("%s is not complete: only the folds it has scored are compared", run)
+    return {r["file"]: r for r in rows}
+
+
+def compare_runs(
+    run: Path, reference: Path, metrics: Iterable[str] = ("dice",), seed: int = 0
+) -> dict[str, Summary]:
+    """Paired per-image differences ``run - reference`` of each metric, over the images both
+    runs scored, with 95 % CIs bootstrapped over patients (``patient_id``; an image without
+    one is its own patient). Images an image-level NaN leaves undefined in either run are left
+    out and counted in ``n_nan``.
+
+    Raises:
+        DatasetError: a folder without ``per_image.csv``, no image in common, a metric
+            neither run has, or an image the two runs scored in different folds (their folds
+            are not the same split: train both with the same ``--seed`` and ``--folds``).
+    """
+    mine, ref = _per_image(run), _per_image(reference)
+    files = sorted(set(mine) & set(ref))
+    if not files:
+        raise DatasetError(f"{run} and {reference} scored no image in common")
+    moved = [f for f in files if mine[f].get("fold") != ref[f].get("fold")]
+    if moved:
+        raise DatasetError(
+            f"{len(moved)} image(s) were scored in different folds ({moved[0]}: fold "
+            f"{mine[moved[0]].get('fold')} against {ref[moved[0]].get('fold')}): the runs did "
+            "not share their folds; train both with the same --seed and --folds"
+        )
+    groups = [mine[f].get("patient_id") or f for f in files]
+    out: dict[str, Summary] = {}
+    for name in metrics:
+        if name not in mine[files[0]] or name not in ref[files[0]]:
+            raise DatasetError(f"metric {name!r} is not in both runs' {PER_IMAGE}")
+        diffs = [float(mine[f][name] or "nan") - float(ref[f][name] or "nan") for f in files]
+        out[name] = aggregate(diffs, seed=seed, groups=groups)
+    return out

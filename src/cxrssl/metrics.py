@@ -309,6 +309,18 @@ def _check_ci(n_boot: int, ci: float) -> None:
         raise MetricError(f"ci must lie in (0, 1), got {ci}")
 
 
+def verdict(ci_low: float, ci_high: float) -> str:
+    """The reading of a paired difference's CI: ``"helps"`` (it excludes 0 from above),
+    ``"hurts"`` (from below), ``"no measurable difference"``, or ``"not measured"``."""
+    if not (math.isfinite(ci_low) and math.isfinite(ci_high)):
+        return "not measured"
+    if ci_low > 0:
+        return "helps"
+    if ci_high < 0:
+        return "hurts"
+    return "no measurable difference"
+
+
 def aggregate(
     values: Sequence[float] | np.ndarray,
     n_boot: int = 2000,

@@ -1,13 +1,16 @@
-"""``cxrssl evaluate-masks``: compare predicted masks with reference masks."""
+"""``cxrssl evaluate-masks``: compare predicted masks with reference masks; ``cxrssl
+compare-runs``: paired per-image differences between two run folders."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
-from cxrssl.evaluation import evaluate_mask_folders, write_json, write_rows_csv
-from cxrssl.metrics import DEFAULT_EMPTY, EMPTY_CONVENTIONS, convention_note
+from cxrssl.evaluation import compare_runs, evaluate_mask_folders, write_json, write_rows_csv
+from cxrssl.files import write_text_atomic
+from cxrssl.metrics import DEFAULT_EMPTY, EMPTY_CONVENTIONS, convention_note, verdict
 
 _LIST_LIMIT = 10
 
@@ -40,6 +43,19 @@ def register(sub: Any) -> None:
         "then bootstrapped over patients, not images",
     )
     p.set_defaults(func=run)
+    c = sub.add_parser(
+        "compare-runs",
+        help="paired per-image differences RUN - REFERENCE of two train-seg / train-lesion runs "
+        "(same folds), with 95%% CIs bootstrapped over patients and a verdict",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    c.add_argument("run", type=Path, metavar="RUN")
+    c.add_argument("reference", type=Path, metavar="REFERENCE")
+    c.add_argument(
+        "--metrics", nargs="+", default=["dice"], help="per_image.csv columns to compare"
+    )
+    c.add_argument("--json", type=Path, default=None, help="write the differences as JSON")
+    c.set_defaults(func=run_compare)
 
 
 def _list(label: str, names: list[str]) -> None:
@@ -76,3 +92,21 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.json, ev)
         print(f"summary: {args.json}")
     return 1 if (ev.missing or ev.extra or ev.failed) else 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """Print (and write) each metric's paired difference from the reference run."""
+    diffs = compare_runs(args.run, args.reference, args.metrics)
+    print(f"{args.run} - {args.reference}, per image:")
+    print(f"{'metric':<12} {'mean diff':>9} {'95% CI':>19} {'n':>5} {'patients':>8}  verdict")
+    out = {}
+    for name, s in diffs.items():
+        reading = verdict(s.ci_low, s.ci_high)
+        ci = f"[{s.ci_low:+.3f}, {s.ci_high:+.3f}]"
+        print(f"{name:<12} {s.mean:>+9.3f} {ci:>19} {s.n:>5} {s.n_patients:>8}  {reading}")
+        out[name] = {**s.as_dict(), "verdict": reading}
+    print("95% CI: percentile bootstrap over patients; images undefined in either run left out")
+    if args.json:
+        write_text_atomic(args.json, json.dumps(out, indent=2))
+        print(f"differences: {args.json}")
+    return 0

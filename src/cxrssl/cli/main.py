@@ -36,6 +36,7 @@ VERBS = {
     "predict-cls": "classify",
     "evaluate-masks": "evaluate",
     "evaluate-detections": "detections",
+    "compare-runs": "evaluate",
     "study": "demo",
     "demo": "demo",
 }

@@ -38,6 +38,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from cxrssl.files import write_text_atomic
+from cxrssl.metrics import verdict
 from cxrssl.study.pretrain_units import pretrain_checkpoints
 from cxrssl.study.runner import Unit, run_units, write_json_atomic
 from cxrssl.tasks.classification import ClsConfig, assign, train_cls
@@ -99,16 +100,6 @@ def _cls_config(config: ClsStudyConfig, device: str) -> ClsConfig:
     )
 
 
-def _verdict(low: float, high: float) -> str:
-    if not (np.isfinite(low) and np.isfinite(high)):
-        return "not measured"
-    if low > 0:
-        return "helps"
-    if high < 0:
-        return "hurts"
-    return "no measurable difference"
-
-
 def paired_auc(
     mine: list[np.ndarray],
     ref: list[np.ndarray],
@@ -154,7 +145,7 @@ def paired_auc(
         "ci_low": float(low),
         "ci_high": float(high),
         "n_patients": len(members),
-        "verdict": _verdict(float(low), float(high)),
+        "verdict": verdict(float(low), float(high)),
     }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrssl.metrics import aggregate, nanmean
+from cxrssl.metrics import aggregate, nanmean, verdict
 from cxrssl.ssl import parse_method
 from cxrssl.tasks.seg_data import SegCache
 
@@ -51,15 +51,8 @@ def _paired(
     files = sorted(per_file)
     diffs = [float(np.nanmean(per_file[f])) for f in files]
     s = aggregate(diffs, groups=[patients.get(f, f) for f in files])
-    if not np.isfinite(s.ci_low):
-        verdict = "not measured"
-    elif s.ci_low > 0:
-        verdict = "helps"
-    elif s.ci_high < 0:
-        verdict = "hurts"
-    else:
-        verdict = "no measurable difference"
-    return {"method": method, "k": k, "test": test, **s.as_dict(), "verdict": verdict}
+    reading = verdict(s.ci_low, s.ci_high)
+    return {"method": method, "k": k, "test": test, **s.as_dict(), "verdict": reading}
 
 
 def summarise_units(rows: list[dict[str, Any]], patients: dict[str, str]) -> dict[str, Any]:
