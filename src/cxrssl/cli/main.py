@@ -3,7 +3,7 @@
 Each verb module under ``cxrssl.cli`` exposes ``register(subparsers)``, which adds its
 sub-command(s) with ``set_defaults(func=...)``; ``func(args) -> int`` returns the exit code.
 Exit codes: 0 success, 1 the job ran but some inputs failed, 2 a user error (``CxrsslError``),
-130 interrupted.
+130 interrupted, 141 output closed by its reader (``| head``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -92,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cxrssl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cxrssl ... | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it
 
 
 if __name__ == "__main__":
