@@ -159,8 +159,8 @@ def compare_runs(
     out and counted in ``n_nan``.
 
     Raises:
-        DatasetError: a folder without ``per_image.csv``, no image in common, a metric
-            neither run has, or an image the two runs scored in different folds (their folds
+        DatasetError: a folder without ``per_image.csv``, no image in common, a metric not
+            in both runs, or an image the two runs scored in different folds (their folds
             are not the same split: train both with the same ``--seed`` and ``--folds``).
     """
     mine, ref = _per_image(run), _per_image(reference)
