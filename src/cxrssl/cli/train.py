@@ -71,17 +71,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
     p.add_argument("--dropout", type=float, default=0.0, help="bottleneck channel dropout")
-    p.add_argument(
-        "--postprocess", default=_DEFAULT.postprocess, choices=POSTPROCESS, help="mask clean-up"
-    )
-    p.add_argument("--tta", action="store_true", help="average with the flipped prediction")
-    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    p.add_argument(
-        "--patch",
-        type=int,
-        default=None,
-        help="train on PATCH-px crops of the --size input, a third around foreground",
-    )
+    _add_input_args(p, _DEFAULT.postprocess)
     p.add_argument(
         "--target-sensitivity",
         type=float,
@@ -96,10 +86,7 @@ def register(sub: Any) -> None:
         "metric is undefined (0/0, e.g. no lesion and none predicted) out and counts it",
     )
     p.add_argument("--patience", type=int, default=0, help="early-stopping patience (0: off)")
-    p.add_argument("--seed", type=int, default=_DEFAULT.seed, help="seed of splits and training")
-    p.add_argument("--device", default=_DEFAULT.device, help="auto, cpu, cuda")
-    p.add_argument("--resume", action="store_true", help="continue a killed run from last.pt")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_run_args(p, _DEFAULT.seed, _DEFAULT.device, "seed of splits and training")
     p.set_defaults(func=run_train_seg)
 
     q = sub.add_parser(
@@ -207,17 +194,7 @@ def _register_lesion(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     )
     p.add_argument("--n-labelled", type=int, default=None, help="labelled images per fold")
     p.add_argument("--init", default=None, help="checkpoint to initialise the encoder from")
-    p.add_argument(
-        "--postprocess", default=d.postprocess, choices=POSTPROCESS, help="mask clean-up"
-    )
-    p.add_argument("--tta", action="store_true", help="average with the flipped prediction")
-    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    p.add_argument(
-        "--patch",
-        type=int,
-        default=None,
-        help="train on PATCH-px crops of the --size input, a third around foreground",
-    )
+    _add_input_args(p, d.postprocess)
     p.add_argument(
         "--min-diameter-px",
         type=float,
@@ -236,10 +213,7 @@ def _register_lesion(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         default=None,
         help=f"early-stopping patience (none: {d.patience} with validation patients, else 0)",
     )
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of splits, priors and training")
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda")
-    p.add_argument("--resume", action="store_true", help="continue a killed run from last.pt")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_run_args(p, d.seed, d.device, "seed of splits, priors and training")
     p.set_defaults(func=run_train_lesion)
 
 
@@ -248,6 +222,27 @@ _RECIPE = (
     "n_labelled", "init", "freeze_encoder", "patch", "postprocess", "tta", "empty", "seed",
     "device",
 )  # fmt: skip
+
+
+def _add_input_args(p: argparse.ArgumentParser, postprocess: str) -> None:
+    """Flags of ``train-seg`` and ``train-lesion``: clean-up, TTA, augmentation, patches."""
+    p.add_argument("--postprocess", default=postprocess, choices=POSTPROCESS, help="mask clean-up")
+    p.add_argument("--tta", action="store_true", help="average with the flipped prediction")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument(
+        "--patch",
+        type=int,
+        default=None,
+        help="train on PATCH-px crops of the --size input, a third around foreground",
+    )
+
+
+def _add_run_args(p: argparse.ArgumentParser, seed: int, device: str, seed_help: str) -> None:
+    """Flags of ``train-seg`` and ``train-lesion``: seed, device, resume, progress."""
+    p.add_argument("--seed", type=int, default=seed, help=seed_help)
+    p.add_argument("--device", default=device, help="auto, cpu, cuda")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _add_loss_arg(p: argparse.ArgumentParser) -> None:
