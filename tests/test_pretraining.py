@@ -102,6 +102,14 @@ def test_every_method_pretrains_and_fine_tunes(method: str, pool_dir: Path, tmp_
     assert (seg / "fold_0" / "best.pt").is_file() or any(seg.rglob("best.pt"))
 
 
+def test_a_crop_set_in_method_options_reaches_the_checkpoint(
+    pool_dir: Path, tmp_path: Path
+) -> None:
+    kwargs = {"hidden_dim": 16, "proj_dim": 8, "crop": True}
+    result = pretrain([pool_dir], tmp_path / "pre", small("simclr", epochs=1, method_kwargs=kwargs))
+    assert load_checkpoint(result.run_dir / "best.pt")["extra"]["crop"] == "lung-box"
+
+
 def test_resume_after_a_kill_matches_an_uninterrupted_run(pool_dir: Path, tmp_path: Path) -> None:
     config = small("regional")
     straight = pretrain([pool_dir], tmp_path / "a", config)

@@ -150,6 +150,14 @@ def test_mask_pooled_averages_inside_the_lungs() -> None:
     torch.testing.assert_close(m.pool(feats, empty), coarse.mean((2, 3)))
 
 
+def test_regional_gathers_image_negatives_but_never_region_ones() -> None:
+    # under DDP each process has its own number of valid region pairs, which all_gather
+    # cannot take: only the image-level term gathers
+    m = create_method("regional", gather=True, **SMALL)
+    assert m.criterion.gather and not m.region_criterion.gather
+    assert m.region_criterion.temperature == m.criterion.temperature
+
+
 def test_regional_sums_region_means_of_nt_xent() -> None:
     m = create_method("regional", alpha=0.7, beta=0.4, **SMALL).eval()
     a, b = make_views()

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from cxrssl.augment import MapKind, View
+from cxrssl.losses import NTXentLoss
 from cxrssl.nets.encoders import masked_avg_pool
 from cxrssl.ssl.base import ContrastiveMethod, Parts
 
@@ -44,6 +45,7 @@ class Regional(ContrastiveMethod):
         super().__init__(**kwargs)
         self.global_weight = alpha
         self.beta = beta
+        self.region_criterion = NTXentLoss(self.criterion.temperature, gather=False)
 
     def extra_loss(
         self, feats: Sequence[list[torch.Tensor]], found: Sequence[Parts], views: Sequence[View]
@@ -59,7 +61,8 @@ class Regional(ContrastiveMethod):
             return zero, {"regional": zero.detach(), "region_pairs": zero.detach()}
         region = torch.arange(N_REGIONS, device=valid.device).expand_as(valid)[valid]  # (M,)
         za, zb = self.projector(pa[valid]), self.projector(pb[valid])
-        per_anchor = self.criterion(za, zb, reduction="none")  # (2M,)
+        # local negatives only: M differs between processes, so nothing is gathered
+        per_anchor = self.region_criterion(za, zb, reduction="none")  # (2M,)
         region = torch.cat([region, region])
         sums = torch.zeros(N_REGIONS, device=per_anchor.device, dtype=per_anchor.dtype)
         counts = torch.zeros_like(sums)

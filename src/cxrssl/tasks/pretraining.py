@@ -353,7 +353,7 @@ def pretrain(
     extra = {
         "method": config.method,
         "encoder": {"name": config.encoder, "kwargs": dict(config.encoder_kwargs)},
-        "crop": "lung-box" if crop else "none",
+        "crop": "lung-box" if crop or getattr(model, "crop", False) else "none",
         "size": config.size,
         "mask_source": str(config.mask_source),
         "task": "pretrain",

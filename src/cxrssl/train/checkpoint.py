@@ -145,6 +145,13 @@ def load_init(net: nn.Module, path: str | Path, encoder_only: bool = False) -> i
             f"{path}: {len(missing)} model weights missing (e.g. {missing[0]}); "
             "use encoder_only to load an encoder"
         )
+    if missing and encoder_only:
+        log.warning(
+            "%s: %d encoder weights not in the checkpoint keep their initial values (e.g. %s)",
+            path,
+            len(missing),
+            missing[0],
+        )
     net.load_state_dict(found, strict=False)
     log.info("initialised %d tensors from %s%s", len(found), path, " (encoder)" * encoder_only)
     return len(found)
