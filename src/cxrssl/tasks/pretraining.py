@@ -349,11 +349,11 @@ def pretrain(
     while len(val_pool) % val_batch == 1:  # NT-Xent needs two images in every batch
         val_batch += 1
     val_loader = pool_loader(val_pool, val_batch, shuffle=False, workers=0, drop_last=False)
-    method, crop = parse_method(config.method)
+    method, _ = parse_method(config.method)
     extra = {
         "method": config.method,
         "encoder": {"name": config.encoder, "kwargs": dict(config.encoder_kwargs)},
-        "crop": "lung-box" if crop or getattr(model, "crop", False) else "none",
+        "crop": "lung-box" if model.crop else "none",  # the name or method_kwargs
         "size": config.size,
         "mask_source": str(config.mask_source),
         "task": "pretrain",
