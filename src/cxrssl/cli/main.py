@@ -36,6 +36,8 @@ VERBS = {
     "train-cls": "classify",
     "predict-cls": "classify",
     "evaluate-masks": "evaluate",
+    "train-detector": "detector",
+    "detect-nodules": "detector",
     "evaluate-detections": "detections",
     "compare-runs": "evaluate",
     "study": "demo",

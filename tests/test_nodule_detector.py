@@ -1,0 +1,217 @@
+"""The classical nodule detector: candidates, the classifier file, train-detector and
+detect-nodules on generated films, and candidates on real JSRT nodules."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cxrssl.cli.main import main
+from cxrssl.errors import DatasetError
+from cxrssl.lesions.candidates import FEATURE_NAMES, find_candidates
+from cxrssl.lesions.detector import fit_detector, label_candidates, load_detector
+from cxrssl.lesions.points import Point, read_points, write_points
+
+MM = 0.7  # generated films are drawn at the working pixel size
+
+
+def _film(rng: np.random.Generator, nodules: list[tuple[float, float, float]]) -> np.ndarray:
+    """A 256 px grey film: smooth shading, 'ribs' (bright horizontal bands), noise, and a
+    bright soft disc (x, y, radius px) per nodule."""
+    yy, xx = np.mgrid[0:256, 0:256].astype(np.float32)
+    img = 0.35 + 0.1 * np.sin(xx / 60) + 0.04 * rng.standard_normal((256, 256)).astype(np.float32)
+    for y0 in range(20, 256, 34):
+        img += 0.12 * np.exp(-(((yy - y0 - 0.1 * xx) / 3.0) ** 2))
+    for x, y, r in nodules:
+        img += 0.125 * (1 - np.tanh((np.hypot(xx - x, yy - y) - r) / 2.4))
+    img = cv2.GaussianBlur(img, (0, 0), 1.0)
+    return np.clip(img * 255, 0, 255).astype(np.uint8)
+
+
+def _folder(root: Path, n: int, seed: int = 0) -> tuple[Path, Path, list[Point]]:
+    rng = np.random.default_rng(seed)
+    images = root / "images"
+    images.mkdir(parents=True)
+    points = []
+    for i in range(n):
+        nodules = []
+        if i % 4 != 3:  # every fourth film has no nodule
+            x, y = rng.uniform(40, 216, 2)
+            r = float(rng.uniform(5, 10))
+            nodules.append((float(x), float(y), r))
+            points.append(Point(f"f{i:02d}.png", float(x), float(y), 2 * r))
+        cv2.imwrite(str(images / f"f{i:02d}.png"), _film(rng, nodules))
+    lungs = root / "lungs"  # the whole film (the rule-based lungs are for radiographs)
+    lungs.mkdir()
+    for i in range(n):
+        cv2.imwrite(str(lungs / f"f{i:02d}.png"), np.full((256, 256), 255, np.uint8))
+    with (root / "labels.csv").open("w") as fh:  # two films per patient
+        fh.write("filename,patient_id\n")
+        fh.writelines(f"f{i:02d}.png,p{i // 2}\n" for i in range(n))
+    csv_path = root / "points.csv"
+    write_points(csv_path, points)
+    return images, csv_path, points
+
+
+def test_a_bright_disc_is_the_strongest_candidate_at_its_size() -> None:
+    rng = np.random.default_rng(1)
+    img = _film(rng, [(120.0, 90.0, 8.0)])
+    found = find_candidates(img, MM, lungs=np.ones_like(img))
+    assert found.features.shape == (len(found), len(FEATURE_NAMES))
+    assert np.isfinite(found.features).all()
+    assert np.hypot(*(found.xy[0] - (120, 90))) < 3
+    assert 8 <= found.diameter_px[0] <= 32  # 16 px across, on a scale grid of 1.5x steps
+
+
+def test_candidates_follow_the_pixel_size() -> None:
+    """The same film at twice the resolution (half the pixel size) gives its candidate at
+    the same place, in its own pixels."""
+    img = _film(np.random.default_rng(2), [(100.0, 140.0, 7.0)])
+    big = cv2.resize(img, (512, 512), interpolation=cv2.INTER_LINEAR)
+    a = find_candidates(img, MM, lungs=np.ones_like(img))
+    b = find_candidates(big, MM / 2, lungs=np.ones_like(big))
+    assert np.hypot(*(b.xy[0] / 2 - a.xy[0])) < 2
+    assert b.diameter_px[0] == pytest.approx(2 * a.diameter_px[0])
+
+
+def test_candidates_stay_in_the_lungs_and_respect_the_limit() -> None:
+    img = _film(np.random.default_rng(3), [(60.0, 60.0, 8.0), (190.0, 190.0, 8.0)])
+    lungs = np.zeros_like(img)
+    lungs[:128, :128] = 1
+    found = find_candidates(img, MM, lungs=lungs, n_candidates=5)
+    assert 1 <= len(found) <= 5
+    assert (found.xy < 128 + 3 / MM + 1).all()  # the lungs grown by LUNG_MARGIN_MM
+    assert np.hypot(*(found.xy[0] - (60, 60))) < 3
+    with pytest.raises(DatasetError, match="pixel size"):
+        find_candidates(img, 0.0)
+
+
+def test_detector_file_round_trips_and_refuses_tampering(tmp_path: Path) -> None:
+    img = _film(np.random.default_rng(4), [(128.0, 128.0, 8.0)])
+    found = find_candidates(img, MM, lungs=np.ones_like(img))
+    labels = label_candidates(found, [Point("a.png", 128, 128, 16)])
+    assert labels[0] == 1 and labels.sum() < len(labels)
+    det = fit_detector(found.features, labels, MM, 100)
+    det.save(tmp_path / "detector.json")
+    back = load_detector(tmp_path)  # the run folder is enough
+    assert np.allclose(back.score(found.features), det.score(found.features))
+    assert det.detections("a.png", found)[0].score == pytest.approx(
+        float(det.score(found.features).max())
+    )
+    raw = json.loads((tmp_path / "detector.json").read_text())
+    for change, message in (
+        ({"kind": "something else"}, "not a cxrssl nodule detector"),
+        ({"coef": raw["coef"][:-1]}, "malformed"),
+        ({"feature_names": ["x"] * len(FEATURE_NAMES)}, "other candidate features"),
+        ({"settings": {**raw["settings"], "WORK_MM": 0.5}}, "other candidate features"),
+        ({"unknown": 1}, "malformed"),
+    ):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({**raw, **change}))
+        with pytest.raises(DatasetError, match=message) as info:
+            load_detector(bad)
+        assert "bad.json" in str(info.value)
+    (tmp_path / "junk.json").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(DatasetError, match=r"junk\.json"):
+        load_detector(tmp_path / "junk.json")
+    with pytest.raises(DatasetError, match="candidates hit a nodule"):
+        fit_detector(found.features, np.zeros(len(found)), MM, 100)
+
+
+def test_train_detector_and_detect_nodules_on_generated_films(tmp_path: Path) -> None:
+    images, points, truth = _folder(tmp_path / "data", 16)
+    lungs = tmp_path / "data" / "lungs"
+    (images / "broken.png").write_bytes(b"not a png")
+    run = tmp_path / "run"
+    code = main(
+        [
+            "train-detector",
+            "--images",
+            str(images),
+            "--points",
+            str(points),
+            "--out",
+            str(run),
+            "--folds",
+            "4",
+            "--pixel-mm",
+            str(MM),
+            "--workers",
+            "1",
+            "--lungs",
+            str(lungs),
+        ]
+    )
+    assert code == 1  # one image could not be read; the run went on without it
+    failures = list(csv.reader((run / "failures.csv").open()))
+    assert failures[1][0] == "broken.png"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["images"] == 16 and summary["nodules"] == len(truth) == 12
+    assert summary["nodules_hit_by_a_candidate"] >= 11
+    froc = summary["froc"]
+    assert froc["sensitivity"][froc["rates"].index(1.0)] >= 0.75  # obvious discs, out of fold
+    folds = list(csv.DictReader((run / "folds.csv").open()))
+    assert sorted({row["fold"] for row in folds}) == ["0", "1", "2", "3"]
+    fold_of = {}
+    for row in folds:  # a patient's films share a fold
+        assert fold_of.setdefault(row["patient_id"], row["fold"]) == row["fold"]
+    oof = read_points(run / "detections.csv")
+    assert {d.file for d in oof} == {f"f{i:02d}.png" for i in range(16)}
+    det = load_detector(run)
+    assert set(det.thresholds) >= {"1", "4"}
+
+    out = tmp_path / "found"
+    lung_args = ["--workers", "1", "--lungs", str(lungs)]
+    assert main(["detect-nodules", str(run), str(images), str(out), *lung_args]) == 1
+    every = read_points(out / "detections.csv")
+    out1 = tmp_path / "found1"
+    main(["detect-nodules", str(run), str(images), str(out1), "--fp-per-image", "1", *lung_args])
+    kept = read_points(out1 / "detections.csv")
+    assert 0 < len(kept) < len(every)
+    assert all((d.score or 0) >= det.thresholds["1"] for d in kept)
+    with pytest.raises(SystemExit):  # not one of the cross-validated operating points
+        main(["detect-nodules", str(run), str(images), str(out1), "--fp-per-image", "3"])
+
+
+def test_train_detector_refuses_points_without_nodules_on_the_images(tmp_path: Path) -> None:
+    images, _, _ = _folder(tmp_path / "data", 4)
+    points = tmp_path / "other.csv"
+    write_points(points, [Point("elsewhere.png", 10, 10, 8)])
+    with pytest.warns(UserWarning, match="name no image"):
+        assert (
+            main(
+                [
+                    "train-detector",
+                    "--images",
+                    str(images),
+                    "--points",
+                    str(points),
+                    "--out",
+                    str(tmp_path / "run"),
+                    "--workers",
+                    "1",
+                ]
+            )
+            == 2
+        )
+
+
+def test_candidates_find_the_obvious_jsrt_nodules(shared_data: Path) -> None:
+    """Real films: nearly every obvious nodule (subtlety 4-5) of 20 JSRT films lies under
+    one of the 100 candidates."""
+    jsrt = shared_data / "jsrt"
+    if not (jsrt / "nodules.csv").is_file():
+        pytest.skip(f"{jsrt}: JSRT not found")
+    from cxrssl.io import read_gray8
+
+    obvious = [p for p in read_points(jsrt / "nodules.csv") if (p.subtlety or 0) >= 4][:20]
+    hit = 0
+    for p in obvious:
+        found = find_candidates(read_gray8(jsrt / "images" / p.file), 0.35)
+        hit += bool(label_candidates(found, [p]).any())
+    assert hit >= 17, f"{hit} of {len(obvious)} obvious nodules under a candidate"
