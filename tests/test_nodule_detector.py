@@ -65,7 +65,12 @@ def test_a_bright_disc_is_the_strongest_candidate_at_its_size() -> None:
     assert found.features.shape == (len(found), len(FEATURE_NAMES))
     assert np.isfinite(found.features).all()
     assert np.hypot(*(found.xy[0] - (120, 90))) < 3
-    assert 8 <= found.diameter_px[0] <= 32  # 16 px across, on a scale grid of 1.5x steps
+    assert 12 <= found.diameter_px[0] <= 27  # 16 px across, on a scale grid of 1.5x steps
+    col = {name: i for i, name in enumerate(FEATURE_NAMES)}  # the columns are the names
+    blobs = found.features[:, [i for n, i in col.items() if n.startswith("blob_")][:5]]
+    assert np.allclose(found.features[:, col["best_blob"]], blobs.max(axis=1), atol=1e-4)
+    hess = found.features[:, col["hess_min_2mm"]] + found.features[:, col["hess_max_2mm"]]
+    assert np.allclose(found.features[:, col["blob_2mm"]], -hess, atol=1e-3)
 
 
 def test_candidates_follow_the_pixel_size() -> None:
@@ -89,6 +94,17 @@ def test_candidates_stay_in_the_lungs_and_respect_the_limit() -> None:
     assert np.hypot(*(found.xy[0] - (60, 60))) < 3
     with pytest.raises(DatasetError, match="pixel size"):
         find_candidates(img, 0.0)
+    with pytest.raises(DatasetError, match="is the pixel size right"):
+        find_candidates(img, 1e5)
+    with pytest.raises(DatasetError, match="at least one candidate"):
+        find_candidates(img, MM, n_candidates=0)
+
+
+def test_candidates_on_a_non_square_film_map_back_on_both_axes() -> None:
+    img = _film(np.random.default_rng(5), [(100.0, 60.0, 8.0)])[:, :180]  # 256 x 180
+    big = cv2.resize(img, (540, 768), interpolation=cv2.INTER_LINEAR)  # 3x
+    found = find_candidates(big, MM / 3, lungs=np.ones_like(big))
+    assert np.hypot(*(found.xy[0] / 3 - (100, 60))) < 3
 
 
 def test_detector_file_round_trips_and_refuses_tampering(tmp_path: Path) -> None:
@@ -106,16 +122,35 @@ def test_detector_file_round_trips_and_refuses_tampering(tmp_path: Path) -> None
     raw = json.loads((tmp_path / "detector.json").read_text())
     for change, message in (
         ({"kind": "something else"}, "not a cxrssl nodule detector"),
-        ({"coef": raw["coef"][:-1]}, "malformed"),
+        ({"coef": raw["coef"][:-1]}, "'coef' must be"),
+        ({"coef": ["1"] * len(raw["coef"])}, "'coef' must be"),
+        ({"mean": [float("nan")] * len(raw["mean"])}, "'mean' must be"),
+        ({"scale": [0.0] * len(raw["scale"])}, "'scale' must be positive"),
         ({"feature_names": ["x"] * len(FEATURE_NAMES)}, "other candidate features"),
+        ({"feature_names": 3}, "other candidate features"),
         ({"settings": {**raw["settings"], "WORK_MM": 0.5}}, "other candidate features"),
-        ({"unknown": 1}, "malformed"),
+        ({"unknown": 1}, "unknown fields"),
+        ({"thresholds": [1, 2]}, "'thresholds' must be"),
+        ({"thresholds": {"1": "high"}}, "'1' must be a number"),
+        ({"thresholds": {"3": 0.5}}, "no operating point"),
+        ({"n_candidates": 1.5}, "'n_candidates' must be an integer"),
+        ({"n_candidates": 0}, "'n_candidates' must be a number in"),
+        ({"pixel_mm": "0.35"}, "'pixel_mm' must be a number"),
+        ({"pixel_mm": 1e300}, "'pixel_mm' must be a number"),
+        ({"intercept": None}, "'intercept' must be a number"),
     ):
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({**raw, **change}))
         with pytest.raises(DatasetError, match=message) as info:
             load_detector(bad)
         assert "bad.json" in str(info.value)
+    missing = {k: v for k, v in raw.items() if k != "settings"}
+    (tmp_path / "bad.json").write_text(json.dumps(missing))
+    with pytest.raises(DatasetError, match="missing or unknown fields"):
+        load_detector(tmp_path / "bad.json")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DatasetError, match=r"deep\.json"):
+        load_detector(tmp_path / "deep.json")
     (tmp_path / "junk.json").write_bytes(b"\x80\x04pickle")
     with pytest.raises(DatasetError, match=r"junk\.json"):
         load_detector(tmp_path / "junk.json")
@@ -176,6 +211,36 @@ def test_train_detector_and_detect_nodules_on_generated_films(tmp_path: Path) ->
     assert all((d.score or 0) >= det.thresholds["1"] for d in kept)
     with pytest.raises(SystemExit):  # not one of the cross-validated operating points
         main(["detect-nodules", str(run), str(images), str(out1), "--fp-per-image", "3"])
+    plain = tmp_path / "plain"  # trained without cross-validation: no operating points
+    main(
+        [
+            "train-detector",
+            "--images",
+            str(images),
+            "--points",
+            str(points),
+            "--out",
+            str(plain),
+            "--folds",
+            "0",
+            *lung_args,
+        ]
+    )
+    assert not (plain / "detections.csv").exists()
+    assert (
+        main(
+            [
+                "detect-nodules",
+                str(plain),
+                str(images),
+                str(out1),
+                "--fp-per-image",
+                "1",
+                *lung_args,
+            ]
+        )
+        == 2
+    )
 
 
 def test_train_detector_refuses_points_without_nodules_on_the_images(tmp_path: Path) -> None:

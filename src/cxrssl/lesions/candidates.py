@@ -20,6 +20,7 @@ On a working copy at ``WORK_MM`` per pixel (the image's pixel size given in mm):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -35,6 +36,7 @@ BACKGROUND_MM = 15.0  # scale of the background removed and of the local contras
 NMS_MM = 4.0  # candidates are local maxima over a disc of this radius
 LUNG_MARGIN_MM = 3.0  # the rule-based lungs grown by this much (nodules at the lung edge)
 N_CANDIDATES = 100  # candidates kept per image, strongest first
+MAX_WORK_PX = 4096  # a working image beyond this (2.9 m across) means a wrong pixel size
 
 _PER_SCALE = ("blob", "hess_min", "hess_max", "contrast", "ring_sd", "convergence")
 _GLOBAL = (
@@ -136,14 +138,19 @@ def _scale_maps(
     ]
 
 
-def _working(image: np.ndarray, pixel_mm: float) -> tuple[np.ndarray, float]:
-    """(working image float32 in [0, 1], scale = working px per image px)."""
+def _working(image: np.ndarray, pixel_mm: float) -> tuple[np.ndarray, float, float]:
+    """(working image float32 in [0, 1], x scale, y scale: working px per image px)."""
     scale = pixel_mm / WORK_MM
     h, w = image.shape
     size = (max(round(w * scale), 16), max(round(h * scale), 16))
+    if max(size) > MAX_WORK_PX:
+        raise DatasetError(
+            f"a {w} x {h} px image at {pixel_mm} mm per pixel is {w * pixel_mm:.0f} mm wide; "
+            "is the pixel size right?"
+        )
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     small = cv2.resize(image, size, interpolation=interp).astype(np.float32) / 255
-    return small, size[0] / w
+    return small, size[0] / w, size[1] / h
 
 
 def find_candidates(
@@ -162,16 +169,19 @@ def find_candidates(
         n_candidates: the most candidates kept.
 
     Raises:
-        DatasetError: not a 2-D image, or a pixel size that is not positive.
+        DatasetError: not a 2-D image, a pixel size that is not positive (or makes the
+            film metres wide), fewer than one candidate asked for.
     """
     if image.ndim != 2:
         raise DatasetError(f"a radiograph must be H x W, got shape {image.shape}")
-    if not pixel_mm > 0:
-        raise DatasetError(f"the pixel size must be positive, got {pixel_mm} mm")
+    if not (pixel_mm > 0 and math.isfinite(pixel_mm)):
+        raise DatasetError(f"the pixel size must be a positive number, got {pixel_mm} mm")
+    if n_candidates < 1:
+        raise DatasetError(f"at least one candidate per image is needed, got {n_candidates}")
     gray = as_uint8(image)
     if lungs is None:
         lungs = lung_masks(gray, "default").both
-    small, scale = _working(gray, pixel_mm)
+    small, sx, sy = _working(gray, pixel_mm)
     h, w = small.shape
     lung = cv2.resize((lungs > 0).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
     margin = max(1, round(LUNG_MARGIN_MM / WORK_MM))
@@ -212,7 +222,8 @@ def find_candidates(
     else:  # no lungs found: the whole frame
         y0, y1, x0, x1 = 0, h - 1, 0, w - 1
         mean, sd = float(best.mean()), float(best.std()) + 1e-6
-    depth = cv2.distanceTransform(lung, cv2.DIST_L2, 5) * WORK_MM
+    # depth inside the lungs; the film's edge bounds them too (a mask filling the frame)
+    depth = cv2.distanceTransform(np.pad(lung, 1), cv2.DIST_L2, 5)[1:-1, 1:-1] * WORK_MM
     # the same place in the other lung (mirrored about the lungs' box): ribs and vessels
     # repeat there, a nodule does not
     nearby = cv2.dilate(best, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * nms + 1,) * 2))
@@ -239,6 +250,6 @@ def find_candidates(
     spread = own.std(axis=0) if len(own) > 1 else np.ones(own.shape[1])
     in_image = (own - own.mean(axis=0)) / (spread + 1e-6) if len(own) else own
     features = np.concatenate([own, in_image], axis=1).astype(np.float32)
-    xy = np.stack([(xs + 0.5) / scale - 0.5, (ys + 0.5) / scale - 0.5], axis=1)
-    diameter = 2 * np.sqrt(2.0) * np.asarray(sigmas, np.float32)[k] / scale
+    xy = np.stack([(xs + 0.5) / sx - 0.5, (ys + 0.5) / sy - 0.5], axis=1)
+    diameter = 2 * np.sqrt(2.0) * np.asarray(sigmas, np.float32)[k] / sx
     return Candidates(xy.astype(np.float64), diameter.astype(np.float64), features)

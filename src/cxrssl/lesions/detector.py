@@ -21,6 +21,7 @@ from cxrssl.errors import DatasetError
 from cxrssl.files import write_text_atomic
 from cxrssl.lesions import candidates as cand
 from cxrssl.lesions.candidates import FEATURE_NAMES, Candidates
+from cxrssl.lesions.froc import FP_RATES
 from cxrssl.lesions.points import Point
 
 KIND = "cxrssl nodule detector"
@@ -122,8 +123,37 @@ def nodules_hit(found: Candidates, truth: Sequence[Point]) -> int:
     return int(np.any(_hits(found, truth), axis=1).sum())
 
 
+def _numbers(path: Path, raw: dict[str, Any], key: str, n: int) -> list[float]:
+    value = raw.get(key)
+    if (
+        not isinstance(value, list)
+        or len(value) != n
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or not all(math.isfinite(v) and abs(v) < LIMIT for v in value)
+    ):
+        raise DatasetError(f"{path}: malformed detector: {key!r} must be {n} finite numbers")
+    return [float(v) for v in value]
+
+
+def _number(path: Path, raw: dict[str, Any], key: str, lo: float, hi: float) -> float:
+    value = raw.get(key)
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not (lo <= value <= hi)  # NaN fails too
+    ):
+        raise DatasetError(f"{path}: malformed detector: {key!r} must be a number in [{lo}, {hi}]")
+    return float(value)
+
+
+LIMIT = 1e6  # no weight, mean or scale of a fitted detector comes near this
+MAX_CANDIDATES = 10_000
+MAX_PIXEL_MM = 5.0
+
+
 def load_detector(path: str | Path) -> Detector:
-    """Read a detector written by :meth:`Detector.save`.
+    """Read a detector written by :meth:`Detector.save`: every field is checked (types,
+    lengths, ranges) before use, since the file may come from anywhere.
 
     Raises:
         DatasetError: a missing or malformed file, one of another kind, or one made with
@@ -136,26 +166,44 @@ def load_detector(path: str | Path) -> Detector:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such detector file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{path}: not a detector file ({e})") from None
-    if not isinstance(raw, dict) or raw.pop("kind", None) != KIND:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise DatasetError(f"{path}: not a detector file ({type(e).__name__}: {e})") from None
+    if not isinstance(raw, dict) or raw.get("kind") != KIND:
         raise DatasetError(f"{path}: not a {KIND} (train one with cxrssl train-detector)")
-    try:
-        det = Detector(**raw)
-        arrays = [np.asarray(v, np.float64) for v in (det.mean, det.scale, det.coef)]
-        numbers = [float(det.intercept), float(det.pixel_mm), *det.thresholds.values()]
-    except (TypeError, ValueError) as e:
-        raise DatasetError(f"{path}: malformed detector ({e})") from None
-    n = len(FEATURE_NAMES)
-    if list(det.feature_names) != list(FEATURE_NAMES) or det.settings != candidate_settings():
+    known = {"kind", *Detector.__dataclass_fields__}
+    if set(raw) != known:
+        odd = sorted(set(raw) ^ known)
+        raise DatasetError(f"{path}: malformed detector: missing or unknown fields {odd}")
+    if raw["feature_names"] != list(FEATURE_NAMES) or raw["settings"] != candidate_settings():
         raise DatasetError(
-            f"{path}: made for other candidate features or settings (cxrssl {det.version}); "
-            "retrain it with this version's cxrssl train-detector"
+            f"{path}: made for other candidate features or settings (cxrssl "
+            f"{raw['version']!r}); retrain it with this version's cxrssl train-detector"
         )
-    if any(a.shape != (n,) or not np.isfinite(a).all() for a in arrays) or not all(
-        math.isfinite(v) for v in numbers
-    ):
-        raise DatasetError(f"{path}: malformed detector (weights must be {n} finite numbers)")
-    if det.pixel_mm <= 0 or det.n_candidates < 1 or min(det.scale) <= 0:
-        raise DatasetError(f"{path}: malformed detector (pixel size, candidates or scale)")
-    return det
+    n = len(FEATURE_NAMES)
+    thresholds = raw["thresholds"]
+    if not isinstance(thresholds, dict):
+        raise DatasetError(f"{path}: malformed detector: 'thresholds' must be an object")
+    rates = {f"{r:g}" for r in FP_RATES}
+    for key in thresholds:
+        if key not in rates:
+            raise DatasetError(f"{path}: malformed detector: no operating point {key!r}")
+        _number(path, thresholds, key, 0.0, 1.0)
+    n_candidates = raw["n_candidates"]
+    if not isinstance(n_candidates, int) or isinstance(n_candidates, bool):
+        raise DatasetError(f"{path}: malformed detector: 'n_candidates' must be an integer")
+    _number(path, raw, "n_candidates", 1, MAX_CANDIDATES)
+    scale = _numbers(path, raw, "scale", n)
+    if min(scale) <= 0:
+        raise DatasetError(f"{path}: malformed detector: 'scale' must be positive")
+    return Detector(
+        mean=_numbers(path, raw, "mean", n),
+        scale=scale,
+        coef=_numbers(path, raw, "coef", n),
+        intercept=_number(path, raw, "intercept", -LIMIT, LIMIT),
+        pixel_mm=_number(path, raw, "pixel_mm", 1e-3, MAX_PIXEL_MM),
+        n_candidates=n_candidates,
+        feature_names=list(FEATURE_NAMES),
+        settings=candidate_settings(),
+        thresholds={k: float(v) for k, v in thresholds.items()},
+        version=str(raw["version"]),
+    )

@@ -6,7 +6,8 @@ Run folder of :func:`train_detector`:
 
 - ``detector.json``: the classifier fitted on every image (what ``detect-nodules`` loads),
   with the score thresholds at 0.125-4 false positives per image read off the
-  cross-validated FROC;
+  cross-validated FROC (the pooled out-of-fold scores of the fold models: on new films of
+  the same kind the all-image model's rate is near, not exactly, that one);
 - ``detections.csv``: every image's candidates scored by the fold model that did not train
   on the image's patient (out of fold), for ``cxrssl evaluate-detections``;
 - ``folds.csv`` (image, patient, fold), ``summary.json`` (the out-of-fold FROC, the share of
@@ -193,9 +194,12 @@ def train_detector(
         oof: list[Point] = []
         for k in range(folds):
             train = [i for i in range(len(records)) if fold[i] != k]
-            model = _fit(
-                [cands[i] for i in train], [truth[i] for i in train], pixel_mm, n_candidates
-            )
+            try:
+                model = _fit(
+                    [cands[i] for i in train], [truth[i] for i in train], pixel_mm, n_candidates
+                )
+            except DatasetError as e:
+                raise DatasetError(f"fold {k} of {folds}: {e}; try fewer --folds") from None
             for i in np.flatnonzero(fold == k):
                 oof.extend(model.detections(records[i].name, cands[i]))
         write_detections(out / "detections.csv", oof)
