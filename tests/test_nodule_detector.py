@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -280,3 +281,40 @@ def test_candidates_find_the_obvious_jsrt_nodules(shared_data: Path) -> None:
         found = find_candidates(read_gray8(jsrt / "images" / p.file), 0.35)
         hit += bool(label_candidates(found, [p]).any())
     assert hit >= 17, f"{hit} of {len(obvious)} obvious nodules under a candidate"
+
+
+def test_no_fold_model_trains_on_a_film_it_scores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cxrssl.tasks.nodule_detection as task
+
+    images, points, _ = _folder(tmp_path / "data", 12)
+    names: dict[int, str] = {}
+    trained: list[set[str]] = []
+    real_candidates, real_fit = task.candidates_of, task._fit
+
+    def candidates_of(paths: Any, *args: Any, **kwargs: Any) -> Any:
+        found, failed = real_candidates(paths, *args, **kwargs)
+        names.update({id(c): p.name for p, c in found.items()})
+        return found, failed
+
+    def fit(found: Any, *args: Any) -> Any:
+        trained.append({names[id(c)] for c in found})
+        return real_fit(found, *args)
+
+    monkeypatch.setattr(task, "candidates_of", candidates_of)
+    monkeypatch.setattr(task, "_fit", fit)
+    task.train_detector(
+        images,
+        points,
+        tmp_path / "run",
+        folds=3,
+        pixel_mm=MM,
+        workers=1,
+        lungs=tmp_path / "data" / "lungs",
+    )
+    folds = list(csv.DictReader((tmp_path / "run" / "folds.csv").open()))
+    assert len(trained) == 4 and len(trained[0]) == 12  # all films, then one model per fold
+    for k, used in enumerate(trained[1:]):
+        scored = {row["file"] for row in folds if row["fold"] == str(k)}
+        assert scored and not (used & scored) and used | scored == trained[0]
