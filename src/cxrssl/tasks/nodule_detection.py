@@ -100,10 +100,6 @@ def _fit(
     return fit_detector(x, y, pixel_mm, n)
 
 
-def _plain(v: float) -> float | None:
-    return None if not math.isfinite(v) else float(v)
-
-
 def train_detector(
     images: str | Path,
     points: str | Path,
@@ -213,14 +209,9 @@ def train_detector(
             for r, t in zip(result.rates, result.thresholds, strict=True)
             if math.isfinite(t)
         }
-        summary["froc"] = {
-            "rates": list(result.rates),
-            "sensitivity": [_plain(v) for v in result.sensitivity],
-            "ci_low": [_plain(v) for v in result.ci_low],
-            "ci_high": [_plain(v) for v in result.ci_high],
-            "cpm": _plain(result.cpm),
-            "cpm_ci": [_plain(result.cpm_low), _plain(result.cpm_high)],
-        }
+        plain = result.as_dict()
+        keys = ("rates", "sensitivity", "ci_low", "ci_high", "cpm", "cpm_low", "cpm_high")
+        summary["froc"] = {k: plain[k] for k in keys}
     detector.save(out / "detector.json")
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
