@@ -59,6 +59,12 @@ def _folder(root: Path, n: int, seed: int = 0) -> tuple[Path, Path, list[Point]]
     return images, csv_path, points
 
 
+def _train(images: Path, points: Path, out: Path, *extra: str) -> int:
+    """``cxrssl train-detector`` on a generated folder; returns the exit code."""
+    args = ["--images", str(images), "--points", str(points), "--out", str(out), *extra]
+    return main(["train-detector", *args])
+
+
 def test_a_bright_disc_is_the_strongest_candidate_at_its_size() -> None:
     rng = np.random.default_rng(1)
     img = _film(rng, [(120.0, 90.0, 8.0)])
@@ -164,25 +170,8 @@ def test_train_detector_and_detect_nodules_on_generated_films(tmp_path: Path) ->
     lungs = tmp_path / "data" / "lungs"
     (images / "broken.png").write_bytes(b"not a png")
     run = tmp_path / "run"
-    code = main(
-        [
-            "train-detector",
-            "--images",
-            str(images),
-            "--points",
-            str(points),
-            "--out",
-            str(run),
-            "--folds",
-            "4",
-            "--pixel-mm",
-            str(MM),
-            "--workers",
-            "1",
-            "--lungs",
-            str(lungs),
-        ]
-    )
+    extra = ["--pixel-mm", str(MM), "--workers", "1", "--lungs", str(lungs)]
+    code = _train(images, points, run, "--folds", "4", *extra)
     assert code == 1  # one image could not be read; the run went on without it
     failures = list(csv.reader((run / "failures.csv").open()))
     assert failures[1][0] == "broken.png"
@@ -213,35 +202,10 @@ def test_train_detector_and_detect_nodules_on_generated_films(tmp_path: Path) ->
     with pytest.raises(SystemExit):  # not one of the cross-validated operating points
         main(["detect-nodules", str(run), str(images), str(out1), "--fp-per-image", "3"])
     plain = tmp_path / "plain"  # trained without cross-validation: no operating points
-    main(
-        [
-            "train-detector",
-            "--images",
-            str(images),
-            "--points",
-            str(points),
-            "--out",
-            str(plain),
-            "--folds",
-            "0",
-            *lung_args,
-        ]
-    )
+    _train(images, points, plain, "--folds", "0", *lung_args)
     assert not (plain / "detections.csv").exists()
-    assert (
-        main(
-            [
-                "detect-nodules",
-                str(plain),
-                str(images),
-                str(out1),
-                "--fp-per-image",
-                "1",
-                *lung_args,
-            ]
-        )
-        == 2
-    )
+    detect_at_1 = ["detect-nodules", str(plain), str(images), str(out1), "--fp-per-image", "1"]
+    assert main([*detect_at_1, *lung_args]) == 2
 
 
 def test_train_detector_refuses_points_without_nodules_on_the_images(tmp_path: Path) -> None:
@@ -249,22 +213,7 @@ def test_train_detector_refuses_points_without_nodules_on_the_images(tmp_path: P
     points = tmp_path / "other.csv"
     write_points(points, [Point("elsewhere.png", 10, 10, 8)])
     with pytest.warns(UserWarning, match="name no image"):
-        assert (
-            main(
-                [
-                    "train-detector",
-                    "--images",
-                    str(images),
-                    "--points",
-                    str(points),
-                    "--out",
-                    str(tmp_path / "run"),
-                    "--workers",
-                    "1",
-                ]
-            )
-            == 2
-        )
+        assert _train(images, points, tmp_path / "run", "--workers", "1") == 2
 
 
 def test_candidates_find_the_obvious_jsrt_nodules(shared_data: Path) -> None:
