@@ -15,8 +15,14 @@ import pytest
 from cxrssl.cli.main import main
 from cxrssl.errors import DatasetError
 from cxrssl.lesions.candidates import FEATURE_NAMES, find_candidates
-from cxrssl.lesions.detector import fit_detector, label_candidates, load_detector
+from cxrssl.lesions.detector import (
+    fit_detector,
+    hit_diameters,
+    label_candidates,
+    load_detector,
+)
 from cxrssl.lesions.points import Point, read_points, write_points
+from cxrssl.lesions.priors import prior_builder, search_region
 
 MM = 0.7  # generated films are drawn at the working pixel size
 
@@ -145,6 +151,11 @@ def test_detector_file_round_trips_and_refuses_tampering(tmp_path: Path) -> None
         ({"pixel_mm": "0.35"}, "'pixel_mm' must be a number"),
         ({"pixel_mm": 1e300}, "'pixel_mm' must be a number"),
         ({"intercept": None}, "'intercept' must be a number"),
+        ({"size_coef": raw["size_coef"][:3]}, "'size_coef' must be"),
+        ({"size_intercept": float("inf")}, "'size_intercept' must be a number"),
+        ({"prior": "yes"}, "'prior' must be true or false"),
+        ({"prior": True}, "other candidate features"),  # a prior's detector has 4 more
+        ({"search_mm": -1}, "'search_mm' must be a number"),
     ):
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({**raw, **change}))
@@ -267,3 +278,68 @@ def test_no_fold_model_trains_on_a_film_it_scores(
     for k, used in enumerate(trained[1:]):
         scored = {row["file"] for row in folds if row["fold"] == str(k)}
         assert scored and not (used & scored) and used | scored == trained[0]
+
+
+def test_search_region_and_hit_diameters() -> None:
+    prior = np.zeros((100, 100), np.float32)
+    assert not search_region(prior, 0.5, 10).any()  # no prior, nowhere to look
+    prior[50, 30] = 1.0
+    region = search_region(prior, 0.5, 10)  # 20 px around the marked pixel
+    assert region[50, 10] and region[50, 50] and not region[50, 52] and not region[75, 30]
+    found = find_candidates(_film(np.random.default_rng(6), [(128.0, 128.0, 8.0)]), MM)
+    truth = [Point("a.png", *found.xy[0], 16.0), Point("a.png", *found.xy[1], 30.0)]
+    sizes = hit_diameters(found, truth)
+    hits = label_candidates(found, truth).astype(bool)
+    assert sizes[0] == 16.0 and sizes[1] == 30.0
+    assert np.isnan(sizes[~hits]).all() and np.isfinite(sizes[hits]).all()
+    assert np.isnan(hit_diameters(found, [])).all()
+
+
+def test_a_prior_builder_travels_to_worker_processes() -> None:
+    import pickle
+
+    points = [Point("f01.png", 40.0, 60.0, 12.0)]
+    build = prior_builder("heatmap", points, shift_mm=3.0, pixel_mm=MM, seed=2)
+    assert build is not None
+    image = np.zeros((128, 128), np.uint8)
+    again = pickle.loads(pickle.dumps(build))
+    assert np.array_equal(build(Path("f01.png"), image), again(Path("f01.png"), image))
+    assert build(Path("f01.png"), image).max() > 0.9  # the peak, off the pixel grid
+    assert not build(Path("f02.png"), image).any()  # no point, no prior
+
+
+def test_train_detector_with_a_prior_finds_and_masks_the_marked_nodule(tmp_path: Path) -> None:
+    images, points, truth = _folder(tmp_path / "data", 16, seed=3)
+    lungs = tmp_path / "data" / "lungs"
+    run = tmp_path / "run"
+    prior = ["--priors", "heatmap", "--prior-shift-mm", "3", "--search-mm", "8"]
+    common = ["--pixel-mm", str(MM), "--workers", "1", "--lungs", str(lungs)]
+    assert _train(images, points, run, "--folds", "4", *prior, *common) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    seg = summary["segmentation"]
+    assert seg["images_with_nodules"] == 12 and seg["clear"] == 1.0
+    assert seg["dice"]["mean"] >= 0.6, seg  # obvious discs, the prior within 3 mm
+    assert len(seg["dice"]["folds"]) == 4
+    masks = sorted(p.name for p in (run / "masks").iterdir())
+    assert masks == [f"f{i:02d}.png" for i in range(16)]
+    reach = (3 + 8) / MM + 2 * 10  # shift + search + the heatmap's marked radius, px
+    by_file = {p.file: p for p in truth}
+    for d in read_points(run / "detections.csv"):  # candidates only near the prior
+        assert d.file in by_file, f"{d.file} has no nodule and no prior, yet a detection"
+        p = by_file[d.file]
+        assert np.hypot(d.x - p.x, d.y - p.y) <= reach
+    assert load_detector(run).prior and load_detector(run).search_mm == 8
+
+    out = tmp_path / "found"
+    detect = ["detect-nodules", str(run), str(images), str(out), "--workers", "1"]
+    assert main([*detect, "--lungs", str(lungs)]) == 2  # trained with a prior: needs one
+    heat = ["--priors", "heatmap", "--points", str(points), "--lungs", str(lungs)]
+    assert main([*detect, *heat]) == 0
+    assert len(list((out / "masks").iterdir())) == 16
+    found = cv2.imread(str(out / "masks" / "f00.png"), cv2.IMREAD_GRAYSCALE)
+    p = by_file["f00.png"]
+    assert found[round(p.y), round(p.x)] == 255  # the nodule under its mask
+    plain = tmp_path / "plain"
+    assert _train(images, points, plain, "--folds", "0", *common) == 0
+    other = ["detect-nodules", str(plain), str(images), str(out), *heat]
+    assert main(other) == 2  # trained without a prior: refuses one

@@ -11,8 +11,15 @@ from typing import Any
 from cxrssl.lesions.candidates import N_CANDIDATES
 from cxrssl.lesions.froc import FP_RATES
 from cxrssl.lesions.points import PIXEL_MM
+from cxrssl.lesions.priors import SEARCH_MM
 
 LUNGS_HELP = "lung masks by stem to search in (default: the rule-based lungs)"
+PRIORS_HELP = (
+    "a prior of where the nodules are: a folder of maps by stem, or heatmap (drawn from "
+    "--points); candidates are searched near it and the best one at each place is grown "
+    "into a mask"
+)
+SHIFT_HELP = "largest displacement of each heatmap point (mm), seeded by --seed"
 
 
 def register(sub: Any) -> None:
@@ -38,6 +45,22 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the folds")
     p.add_argument("--workers", type=int, default=2, help="processes finding candidates")
     p.add_argument("--lungs", type=Path, default=None, metavar="DIR", help=LUNGS_HELP)
+    p.add_argument("--priors", default=None, metavar="DIR|heatmap", help=PRIORS_HELP)
+    p.add_argument("--prior-shift-mm", type=float, default=0.0, help=SHIFT_HELP)
+    p.add_argument(
+        "--search-mm",
+        type=float,
+        default=SEARCH_MM,
+        help="with --priors: search this far from where the prior marks (its expected error)",
+    )
+    p.add_argument(
+        "--masks",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --priors: truth masks by stem to score the masks against (default: grown "
+        "from --points)",
+    )
     p.set_defaults(func=run_train)
 
     q = sub.add_parser(
@@ -61,6 +84,15 @@ def register(sub: Any) -> None:
     )
     q.add_argument("--workers", type=int, default=2, help="processes finding candidates")
     q.add_argument("--lungs", type=Path, default=None, metavar="DIR", help=LUNGS_HELP)
+    q.add_argument(
+        "--priors",
+        default=None,
+        metavar="DIR|heatmap",
+        help="the prior, for a detector trained with one (writes OUT_DIR/masks too)",
+    )
+    q.add_argument("--points", type=Path, default=None, metavar="CSV", help="heatmap points")
+    q.add_argument("--prior-shift-mm", type=float, default=0.0, help=SHIFT_HELP)
+    q.add_argument("--seed", type=int, default=0, help="seed of the heatmap's displacements")
     q.set_defaults(func=run_detect)
 
 
@@ -79,6 +111,10 @@ def run_train(args: argparse.Namespace) -> int:
         args.workers,
         command=shlex.join(["cxrssl", *args.argv]),
         lungs=args.lungs,
+        priors=args.priors,
+        prior_shift_mm=args.prior_shift_mm,
+        search_mm=args.search_mm,
+        masks=args.masks,
     )
     print(
         f"{s['images']} images, {s['nodules']} nodules, {s['nodules_hit_by_a_candidate']} "
@@ -90,6 +126,13 @@ def run_train(args: argparse.Namespace) -> int:
             f"{r:g}: {v:.3f}" for r, v in zip(f["rates"], f["sensitivity"], strict=True)
         )
         print(f"out-of-fold sensitivity at FPs/image  {cells}  CPM {f['cpm']:.3f}")
+    if "segmentation" in s:
+        g = s["segmentation"]
+        cells = "  ".join(
+            f"{k} {g[k]['mean']:.3f} +- {g[k]['std']:.3f}"
+            for k in ("dice", "precision", "sensitivity")
+        )
+        print(f"out-of-fold masks ({g['images_with_nodules']} films with a nodule): {cells}")
     print(f"detector: {args.out / 'detector.json'}")
     return 1 if s["failed"] else 0
 
@@ -106,6 +149,10 @@ def run_detect(args: argparse.Namespace) -> int:
         args.fp_per_image,
         args.workers,
         args.lungs,
+        args.priors,
+        args.points,
+        args.prior_shift_mm,
+        args.seed,
     )
     for name, why in failed:
         print(f"failed: {name}: {why}")

@@ -69,15 +69,24 @@ the image's own candidates (``_in_image``): a nodule stands out from the rest of
 whatever the film (+0.02 CPM on JSRT)."""
 
 
+PRIOR_RADII_MM = (0.0, 5.0, 10.0, 20.0)
+PRIOR_FEATURE_NAMES = tuple(f"prior_within_{r:g}mm" for r in PRIOR_RADII_MM)
+"""With a prior (:func:`with_prior`): the prior's largest value within each radius of the
+candidate (0 mm: at the candidate)."""
+
+
 @dataclass(frozen=True)
 class Candidates:
     """The candidates of one image: ``xy`` (n, 2) centres in image pixels (x column, y row),
     ``diameter_px`` (n,) the disc diameter of each one's best scale, ``features`` (n, F)
-    float32 in the order of :data:`FEATURE_NAMES`."""
+    float32 in the order of :data:`FEATURE_NAMES` (then :data:`PRIOR_FEATURE_NAMES` with a
+    prior); with a prior, ``region`` (n,) the connected part of the search region each lies
+    in (1, 2, ...)."""
 
     xy: np.ndarray
     diameter_px: np.ndarray
     features: np.ndarray
+    region: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.xy)
@@ -158,6 +167,7 @@ def find_candidates(
     pixel_mm: float,
     lungs: np.ndarray | None = None,
     n_candidates: int = N_CANDIDATES,
+    search: np.ndarray | None = None,
 ) -> Candidates:
     """The nodule candidates of one radiograph with their features.
 
@@ -167,6 +177,9 @@ def find_candidates(
         lungs: (H, W) lung mask; default: the rule-based lungs (``lung_masks``). Where
             the mask is empty the whole frame is searched.
         n_candidates: the most candidates kept.
+        search: (H, W) mask of where to look (a prior's neighbourhood); default: the lungs
+            grown by ``LUNG_MARGIN_MM`` (the whole frame without lungs). An empty one finds
+            no candidate.
 
     Raises:
         DatasetError: not a 2-D image, a pixel size that is not positive (or makes the
@@ -188,6 +201,8 @@ def find_candidates(
     grown = cv2.dilate(lung, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2))
     if not grown.any():  # no lungs found: search the whole frame rather than nothing
         grown[:] = 1
+    if search is not None:
+        grown = cv2.resize((search > 0).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
 
     bg_sigma = BACKGROUND_MM / WORK_MM
     background = cv2.GaussianBlur(small, (0, 0), bg_sigma)
@@ -253,3 +268,24 @@ def find_candidates(
     xy = np.stack([(xs + 0.5) / sx - 0.5, (ys + 0.5) / sy - 0.5], axis=1)
     diameter = 2 * np.sqrt(2.0) * np.asarray(sigmas, np.float32)[k] / sx
     return Candidates(xy.astype(np.float64), diameter.astype(np.float64), features)
+
+
+def with_prior(
+    found: Candidates, prior: np.ndarray, search: np.ndarray, pixel_mm: float
+) -> Candidates:
+    """``found`` (searched inside ``search``) with the prior's features appended
+    (:data:`PRIOR_FEATURE_NAMES`) and each candidate's part of the search region."""
+    h, w = prior.shape
+    cols = np.clip(np.round(found.xy[:, 0]).astype(int), 0, w - 1)
+    rows = np.clip(np.round(found.xy[:, 1]).astype(int), 0, h - 1)
+    feats = np.zeros((len(found), len(PRIOR_RADII_MM)), np.float32)
+    for i, (x, y) in enumerate(zip(cols, rows, strict=True)):
+        for j, r_mm in enumerate(PRIOR_RADII_MM):
+            r = round(r_mm / pixel_mm)
+            y0, x0 = max(y - r, 0), max(x - r, 0)
+            window = prior[y0 : y + r + 1, x0 : x + r + 1]
+            yy, xx = np.ogrid[y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]]
+            feats[i, j] = window[(yy - y) ** 2 + (xx - x) ** 2 <= r * r].max()
+    _, parts = cv2.connectedComponents((search > 0).astype(np.uint8))
+    features = np.concatenate([found.features, feats], axis=1)
+    return Candidates(found.xy, found.diameter_px, features, parts[rows, cols].astype(np.int64))

@@ -16,7 +16,9 @@ that ``cxrssl simulate-nodules`` writes.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -24,16 +26,28 @@ import numpy as np
 
 from cxrssl.anatomy import lung_mask, pathology_map
 from cxrssl.data.datasets import index_files
-from cxrssl.errors import DatasetError, ImageReadError
+from cxrssl.errors import CxrsslError, DatasetError, ImageReadError
 from cxrssl.io import IMAGE_SUFFIXES, read_image
-from cxrssl.lesions.points import Point
+from cxrssl.lesions.points import PIXEL_MM, Point, by_stem
 
-__all__ = ["PRIOR_KINDS", "displacement", "make_prior", "parse_prior", "read_prior"]
+__all__ = [
+    "PRIOR_KINDS",
+    "PriorBuilder",
+    "check_prior",
+    "displacement",
+    "make_prior",
+    "parse_prior",
+    "prior_builder",
+    "read_prior",
+    "search_region",
+]
 
 PRIOR_KINDS = ("heatmap", "pathology", "lungs")
 HEATMAP_SIGMA = 0.5  # heatmap Gaussian sigma, share of the nodule's radius
 _MIN_SIGMA = 1.0  # px: the smallest heatmap sigma
 _REACH = 4.0  # the Gaussian is drawn out to this many sigmas
+PRIOR_LEVEL = 0.1  # a prior at or above this (of 1) marks a place to search
+SEARCH_MM = 10.0  # how far from a marked place to search: the prior's expected error
 
 
 def displacement(rng: np.random.Generator, max_px: float) -> tuple[float, float]:
@@ -158,3 +172,68 @@ def parse_prior(spec: str) -> tuple[str, Path | None]:
     raise DatasetError(
         f"prior {spec!r} is neither one of {list(PRIOR_KINDS)} nor an existing folder"
     )
+
+
+def check_prior(kind: str | None, points: Sequence[Point] | None) -> None:
+    """Refuse a heatmap prior without points to draw it from."""
+    if kind == "heatmap" and points is None:
+        raise CxrsslError("a heatmap prior is drawn from nodule points: give --points")
+
+
+@dataclass(frozen=True)
+class PriorBuilder:
+    """Each image's prior map for a prior spec: called as ``builder(path, image)``; plain
+    data, so it travels to worker processes (see :func:`prior_builder`)."""
+
+    kind: str
+    folder: Path | None = None
+    points: dict[str, list[Point]] = field(default_factory=dict)
+    shift_px: float = 0.0
+    seed: int = 0
+
+    def __call__(self, path: Path, image: np.ndarray) -> np.ndarray:
+        if self.folder is not None:
+            return read_prior(self.folder, path.stem, image.shape[:2])
+        rng = np.random.default_rng([self.seed, zlib.crc32(path.stem.encode())])
+        found = self.points.get(path.stem, ())
+        return make_prior(self.kind, image, found, shift_px=self.shift_px, rng=rng)
+
+
+def prior_builder(
+    spec: str | None,
+    points: Sequence[Point] | None = None,
+    shift_mm: float = 0.0,
+    pixel_mm: float = PIXEL_MM,
+    seed: int = 0,
+) -> PriorBuilder | None:
+    """The builder of each image's prior map for a prior ``spec``.
+
+    A folder spec reads the map with the image's stem (``read_prior``); a generated kind is
+    made from the image (and, for ``heatmap``, its points, each displaced by up to
+    ``shift_mm`` (:func:`displacement`) drawn from
+    ``numpy.random.default_rng([seed, crc32(stem)])``, so an image's prior does not depend on
+    which other images are in the run).
+
+    Returns:
+        None for no ``spec``.
+
+    Raises:
+        CxrsslError: An unknown spec, or a heatmap without points.
+    """
+    if spec is None:
+        return None
+    kind, folder = parse_prior(spec)
+    check_prior(kind, points)
+    return PriorBuilder(kind, folder, by_stem(points or ()), shift_mm / pixel_mm, seed)
+
+
+def search_region(prior: np.ndarray, pixel_mm: float, search_mm: float = SEARCH_MM) -> np.ndarray:
+    """Where a prior says to look: its pixels at or above ``PRIOR_LEVEL``, grown by
+    ``search_mm`` (the prior's expected registration error). uint8 {0, 1}; empty for an
+    empty prior (an image without a nodule)."""
+    marked = (np.asarray(prior) >= PRIOR_LEVEL).astype(np.uint8)
+    r = max(round(search_mm / pixel_mm), 0)
+    if r == 0 or not marked.any():
+        return marked
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    return cv2.dilate(marked, disc)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,9 +49,9 @@ from cxrssl.files import write_text_atomic
 from cxrssl.lesions.detect import detect, write_detections
 from cxrssl.lesions.grow import grow_masks
 from cxrssl.lesions.points import PIXEL_MM, Point, by_stem, read_points
-from cxrssl.lesions.priors import make_prior, parse_prior, read_prior
+from cxrssl.lesions.priors import check_prior, parse_prior, prior_builder
 from cxrssl.nets.prior_guided import encoder_stage_prefixes
-from cxrssl.tasks.seg_data import PriorFn, SegCache, load_cache, open_folders
+from cxrssl.tasks.seg_data import SegCache, load_cache, open_folders
 from cxrssl.tasks.seg_task import HIGH_THRESHOLDS
 from cxrssl.tasks.segmentation import (
     FoldFit,
@@ -193,48 +192,6 @@ def resolve_model(config: LesionConfig, has_prior: bool) -> LesionConfig:
     return replace(config, model_kwargs=kw)
 
 
-def _check_prior(kind: str | None, points: Sequence[Point] | None) -> None:
-    if kind == "heatmap" and points is None:
-        raise CxrsslError("a heatmap prior is drawn from nodule points: give --points")
-
-
-def prior_builder(
-    spec: str | None,
-    points: Sequence[Point] | None = None,
-    shift_mm: float = 0.0,
-    pixel_mm: float = PIXEL_MM,
-    seed: int = 0,
-) -> PriorFn | None:
-    """Each image's prior map (:data:`~cxrssl.tasks.seg_data.PriorFn`) for a prior ``spec``.
-
-    A folder spec reads the map with the image's stem (``read_prior``); a generated kind is
-    made from the image (and, for ``heatmap``, its points, each displaced by up to
-    ``shift_mm`` (:func:`cxrssl.lesions.priors.displacement`) drawn from
-    ``numpy.random.default_rng([seed, crc32(stem)])``, so an image's prior does not depend on
-    which other images are in the run).
-
-    Returns:
-        None for no ``spec``.
-
-    Raises:
-        CxrsslError: An unknown spec, or a heatmap without points.
-    """
-    if spec is None:
-        return None
-    kind, folder = parse_prior(spec)
-    _check_prior(kind, points)
-    grouped = by_stem(points or ())
-    shift_px = shift_mm / pixel_mm
-
-    def build(path: Path, image: np.ndarray) -> np.ndarray:
-        if folder is not None:
-            return read_prior(folder, path.stem, image.shape[:2])
-        rng = np.random.default_rng([seed, zlib.crc32(path.stem.encode())])
-        return make_prior(kind, image, grouped.get(path.stem, ()), shift_px=shift_px, rng=rng)
-
-    return build
-
-
 def grow_truth(
     images: str | Path, points: str | Path, folder: str | Path, pixel_mm: float = PIXEL_MM
 ) -> Path:
@@ -336,7 +293,7 @@ def train_lesion(
     assert crop is not None
     out = Path(out)
     truth = read_points(points, config.pixel_mm) if points is not None else None
-    _check_prior(config.prior_kind, truth)
+    check_prior(config.prior_kind, truth)
     if points is not None:
         masks = grow_truth(images, points, out / "masks", config.pixel_mm)
     assert masks is not None
@@ -419,7 +376,8 @@ def predict_lesions(
             ``lungs``; ``heatmap`` with ``points``).
         points: Nodule points CSV for a ``heatmap`` prior.
         pixel_mm: Pixel size of the images (points' mm, the shift); None: the run's.
-        prior_shift_mm: Largest displacement of the heatmap's points (see :func:`prior_builder`).
+        prior_shift_mm: Largest displacement of the heatmap's points
+            (:func:`cxrssl.lesions.priors.prior_builder`).
         seed: Seed of the displacement directions.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
 

@@ -13,6 +13,14 @@ Run folder of :func:`train_detector`:
 - ``folds.csv`` (image, patient, fold), ``summary.json`` (the out-of-fold FROC, the share of
   nodules any candidate hits, counts, the command), ``failures.csv`` when some images could
   not be read (they are left out, the run goes on).
+
+With a prior (``priors``: a folder of maps by stem, or ``heatmap`` drawn from the points,
+displaced by up to ``prior_shift_mm``) the candidates are searched only within
+``search_mm`` of where the prior marks (:func:`cxrssl.lesions.priors.search_region`) and
+carry the prior's features; the best candidate of each marked place is the nodule found
+there, its mask grown from it (:func:`cxrssl.lesions.grow.nodule_mask`) at the size the
+detector predicts: ``masks/`` (out of fold) and, in the summary, Dice, precision and recall
+against the masks grown from the truth points, mean and std over folds.
 """
 
 from __future__ import annotations
@@ -34,29 +42,41 @@ from cxrssl.data.datasets import MASK_SUFFIXES, DatasetWarning, FolderDataset, i
 from cxrssl.data.splits import kfold, resolve_patient_ids
 from cxrssl.errors import CxrsslError, DatasetError
 from cxrssl.files import atomic_open, write_text_atomic
-from cxrssl.io import read_gray8, read_mask
-from cxrssl.lesions.candidates import N_CANDIDATES, Candidates, find_candidates
+from cxrssl.io import read_gray8, read_image, read_mask, write_mask
+from cxrssl.lesions.candidates import N_CANDIDATES, Candidates, find_candidates, with_prior
 from cxrssl.lesions.detect import write_detections
 from cxrssl.lesions.detector import (
     Detector,
     fit_detector,
+    hit_diameters,
     label_candidates,
     load_detector,
     nodules_hit,
 )
 from cxrssl.lesions.froc import FP_RATES, froc
+from cxrssl.lesions.grow import nodule_mask
 from cxrssl.lesions.points import PIXEL_MM, Point, by_stem, read_points
+from cxrssl.lesions.priors import SEARCH_MM, PriorBuilder, prior_builder, search_region
+from cxrssl.metrics import binary_metrics
 from cxrssl.parallel import pool_context
 
 log = logging.getLogger(__name__)
 
 
-def _find(job: tuple[Path, Path | None, float, int]) -> tuple[Path, Candidates | None, str]:
-    path, lungs_path, pixel_mm, n = job
+_Job = tuple[Path, Path | None, float, int, PriorBuilder | None, float]
+
+
+def _find(job: _Job) -> tuple[Path, Candidates | None, str]:
+    path, lungs_path, pixel_mm, n, prior_of, search_mm = job
     try:
         image = read_gray8(path)
         lungs = None if lungs_path is None else read_mask(lungs_path, image.shape)
-        return path, find_candidates(image, pixel_mm, lungs, n), ""
+        if prior_of is None:
+            return path, find_candidates(image, pixel_mm, lungs, n), ""
+        prior = prior_of(path, image)
+        search = search_region(prior, pixel_mm, search_mm)
+        found = find_candidates(image, pixel_mm, lungs, n, search=search)
+        return path, with_prior(found, prior, search, pixel_mm), ""
     except CxrsslError as e:
         return path, None, str(e)
 
@@ -67,16 +87,19 @@ def candidates_of(
     n_candidates: int,
     workers: int = 2,
     lungs: str | Path | None = None,
+    prior: PriorBuilder | None = None,
+    search_mm: float = SEARCH_MM,
 ) -> tuple[dict[Path, Candidates], list[tuple[str, str]]]:
     """The candidates of every image, inside the lung masks of the folder ``lungs``
-    (matched by stem) or the rule-based lungs; images that cannot be read, or lack a lung
-    mask, are returned as (file name, reason) and left out."""
+    (matched by stem) or the rule-based lungs, or with a ``prior`` within ``search_mm`` of
+    where it marks; images that cannot be read, or lack a lung mask or prior, are returned
+    as (file name, reason) and left out."""
     masks = index_files(Path(lungs), MASK_SUFFIXES) if lungs is not None else {}
     if lungs is not None and not masks:
         raise DatasetError(f"{lungs}: no lung masks ({', '.join(MASK_SUFFIXES)})")
     missing = [(p.name, f"no lung mask in {lungs}") for p in paths if masks and p.stem not in masks]
-    jobs = [
-        (p, masks.get(p.stem), pixel_mm, n_candidates)
+    jobs: list[_Job] = [
+        (p, masks.get(p.stem), pixel_mm, n_candidates, prior, search_mm)
         for p in paths
         if not masks or p.stem in masks
     ]
@@ -93,11 +116,58 @@ def candidates_of(
 
 
 def _fit(
-    found: Sequence[Candidates], truth: Sequence[Sequence[Point]], pixel_mm: float, n: int
+    found: Sequence[Candidates],
+    truth: Sequence[Sequence[Point]],
+    pixel_mm: float,
+    n: int,
+    search_mm: float | None = None,
 ) -> Detector:
+    """Fit on the candidates of some images; ``search_mm`` set: they were searched around a
+    prior."""
+    pairs = list(zip(found, truth, strict=True))
     x = np.concatenate([c.features for c in found])
-    y = np.concatenate([label_candidates(c, t) for c, t in zip(found, truth, strict=True)])
-    return fit_detector(x, y, pixel_mm, n)
+    y = np.concatenate([label_candidates(c, t) for c, t in pairs])
+    sizes = np.concatenate([hit_diameters(c, t) for c, t in pairs])
+    prior = search_mm is not None
+    return fit_detector(x, y, pixel_mm, n, sizes, prior, search_mm or 0.0)
+
+
+def _segment(
+    records: Sequence[Any],
+    picks: Sequence[Sequence[Point]],
+    truth: Sequence[Sequence[Point]],
+    fold: np.ndarray,
+    masks_dir: Path,
+    truth_masks: dict[str, Path],
+) -> dict[str, Any]:
+    """Write each image's mask grown from its picks; Dice, precision and recall against its
+    truth mask (of ``truth_masks`` by stem, else grown from its truth points) over the
+    images with a nodule (mean, then mean and std over folds), and the share of nodule-free
+    images left clear."""
+    per_fold: dict[int, list[dict[str, float]]] = {}
+    clear: list[float] = []
+    for r, found, nodules, k in zip(records, picks, truth, fold, strict=True):
+        image = read_image(r.image)
+        mask = nodule_mask(image, found)
+        write_mask(masks_dir / f"{r.image.stem}.png", mask)
+        if not nodules:
+            clear.append(float(not mask.any()))
+            continue
+        stem = r.image.stem
+        if stem in truth_masks:
+            true = (read_mask(truth_masks[stem], image.shape) > 0).astype(np.uint8)
+        else:
+            true = nodule_mask(image, nodules)
+        m = binary_metrics(mask, true, hd95=False)
+        per_fold.setdefault(int(k), []).append(m)
+    grown = "masks grown from the points (cxrssl grow-masks)"
+    out: dict[str, Any] = {"truth": "the masks given" if truth_masks else grown}
+    for key in ("dice", "precision", "sensitivity", "detected"):
+        means = [float(np.mean([m[key] for m in rows])) for rows in per_fold.values()]
+        out[key] = {"mean": float(np.mean(means)), "std": float(np.std(means)), "folds": means}
+    out["clear"] = float(np.mean(clear)) if clear else math.nan
+    out["images_with_nodules"] = sum(map(len, per_fold.values()))
+    return out
 
 
 def train_detector(
@@ -111,6 +181,10 @@ def train_detector(
     workers: int = 2,
     command: str = "",
     lungs: str | Path | None = None,
+    priors: str | None = None,
+    prior_shift_mm: float = 0.0,
+    search_mm: float = SEARCH_MM,
+    masks: str | Path | None = None,
 ) -> dict[str, Any]:
     """Cross-validate and fit the nodule detector on a folder of radiographs.
 
@@ -127,6 +201,12 @@ def train_detector(
         workers: processes finding candidates.
         command: the command line, kept in the summary.
         lungs: folder of lung masks (by stem) to search in; default: the rule-based lungs.
+        priors: a folder of prior maps (by stem) or ``heatmap`` (from ``points``); see the
+            module notes.
+        prior_shift_mm: a heatmap's largest displacement of each point (seeded by ``seed``).
+        search_mm: how far from where the prior marks to search.
+        masks: with a prior, truth nodule masks by stem to score the masks against
+            (simulated nodules' exact ones); default: masks grown from ``points``.
 
     Returns:
         The summary (also ``out/summary.json``).
@@ -152,9 +232,17 @@ def train_detector(
             DatasetWarning,
             stacklevel=2,
         )
+    if search_mm < 0 or prior_shift_mm < 0:
+        raise DatasetError("--search-mm and --prior-shift-mm cannot be negative")
+    prior = prior_builder(priors, truth_all, prior_shift_mm, pixel_mm, seed)
+    truth_masks = index_files(Path(masks), MASK_SUFFIXES) if masks is not None else {}
+    if masks is not None and (prior is None or not truth_masks):
+        why = "masks are scored only with --priors" if prior is None else "no masks in it"
+        raise DatasetError(f"{masks}: {why}")
+    search = search_mm if prior is not None else None
     out.mkdir(parents=True, exist_ok=True)
     found, failed = candidates_of(
-        [r.image for r in ds.records], pixel_mm, n_candidates, workers, lungs
+        [r.image for r in ds.records], pixel_mm, n_candidates, workers, lungs, prior, search_mm
     )
     if failed:
         with atomic_open(out / "failures.csv", "w") as fh:
@@ -182,23 +270,37 @@ def train_detector(
         ),
         "pixel_mm": pixel_mm,
         "folds": folds if folds >= 2 else 0,
+        "prior": priors,
+        "prior_shift_mm": prior_shift_mm if priors == "heatmap" else None,
+        "search_mm": search,
     }
-    detector = _fit(cands, truth, pixel_mm, n_candidates)
+    detector = _fit(cands, truth, pixel_mm, n_candidates, search)
     if folds >= 2:
         pids = resolve_patient_ids([r.patient_id for r in records], [r.name for r in records])
         fold = kfold(pids, folds, seed=seed)
         oof: list[Point] = []
+        picks: list[list[Point]] = [[] for _ in records]
         for k in range(folds):
             train = [i for i in range(len(records)) if fold[i] != k]
             try:
                 model = _fit(
-                    [cands[i] for i in train], [truth[i] for i in train], pixel_mm, n_candidates
+                    [cands[i] for i in train],
+                    [truth[i] for i in train],
+                    pixel_mm,
+                    n_candidates,
+                    search,
                 )
             except DatasetError as e:
                 raise DatasetError(f"fold {k} of {folds}: {e}; try fewer --folds") from None
             for i in np.flatnonzero(fold == k):
                 oof.extend(model.detections(records[i].name, cands[i]))
+                if prior is not None:
+                    picks[i] = model.picks(records[i].name, cands[i])
         write_detections(out / "detections.csv", oof)
+        if prior is not None:
+            summary["segmentation"] = _segment(
+                records, picks, truth, fold, out / "masks", truth_masks
+            )
         with atomic_open(out / "folds.csv", "w") as fh:
             w = csv.writer(fh)
             w.writerow(["file", "patient_id", "fold"])
@@ -225,8 +327,14 @@ def detect_nodules(
     fp_per_image: float | None = None,
     workers: int = 2,
     lungs: str | Path | None = None,
+    priors: str | None = None,
+    points: str | Path | None = None,
+    prior_shift_mm: float = 0.0,
+    seed: int = 0,
 ) -> tuple[Path, int, list[tuple[str, str]]]:
-    """Score the candidates of every image in ``images``; write ``out_dir/detections.csv``.
+    """Score the candidates of every image in ``images``; write ``out_dir/detections.csv``
+    (and, for a detector trained with a prior, ``out_dir/masks/``: the nodule found at each
+    place the prior marks).
 
     Args:
         detector: ``detector.json`` or the run folder holding it.
@@ -238,14 +346,25 @@ def detect_nodules(
             2, 4); default: every candidate, scored.
         workers: processes finding candidates.
         lungs: folder of lung masks (by stem); default: the rule-based lungs.
+        priors: a folder of prior maps by stem, or ``heatmap`` (from ``points``): needed by,
+            and only by, a detector trained with a prior.
+        points: points CSV of a heatmap prior.
+        prior_shift_mm: largest displacement of the heatmap's points (seeded by ``seed``).
+        seed: seed of the heatmap's displacements.
 
     Returns:
         (detections.csv, number of detections written, failures as (file name, reason)).
 
     Raises:
-        DatasetError: a bad detector file, a rate it has no threshold for, no images.
+        DatasetError: a bad detector file, a rate it has no threshold for, no images, a
+            prior given to a detector trained without one, or none to one trained with one.
     """
     det = load_detector(detector)
+    if det.prior != (priors is not None):
+        raise DatasetError(
+            f"{detector}: trained {'with' if det.prior else 'without'} a prior; "
+            f"{'give --priors' if det.prior else 'leave out --priors'}"
+        )
     threshold = -math.inf
     if fp_per_image is not None:
         key = f"{fp_per_image:g}"
@@ -262,17 +381,24 @@ def detect_nodules(
     if not len(ds):
         raise DatasetError(f"{images}: no images")
     mm = det.pixel_mm if pixel_mm is None else pixel_mm
+    marks = None if points is None else read_points(points, mm)
+    prior = prior_builder(priors, marks, prior_shift_mm, mm, seed)
     found, failed = candidates_of(
-        [r.image for r in ds.records], mm, det.n_candidates, workers, lungs
+        [r.image for r in ds.records], mm, det.n_candidates, workers, lungs, prior, det.search_mm
     )
     detections = [
         d
         for r in ds.records
         if r.image in found
-        for d in det.detections(r.name, found[r.image])
+        for d in det.detections(r.name, found[r.image], mm)
         if (d.score or 0.0) >= threshold
     ]
     path = Path(out_dir) / "detections.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_detections(path, detections)
+    if prior is not None:
+        for r in ds.records:
+            if r.image in found:
+                mask = nodule_mask(read_image(r.image), det.picks(r.name, found[r.image], mm))
+                write_mask(Path(out_dir) / "masks" / f"{r.image.stem}.png", mask)
     return path, len(detections), failed
