@@ -14,7 +14,13 @@ import pytest
 
 from cxrssl.cli.main import main
 from cxrssl.errors import DatasetError
-from cxrssl.lesions.candidates import FEATURE_NAMES, find_candidates
+from cxrssl.lesions.candidates import (
+    FEATURE_NAMES,
+    PRIOR_FEATURE_NAMES,
+    Candidates,
+    find_candidates,
+    with_prior,
+)
 from cxrssl.lesions.detector import (
     fit_detector,
     hit_diameters,
@@ -22,7 +28,7 @@ from cxrssl.lesions.detector import (
     load_detector,
 )
 from cxrssl.lesions.points import Point, read_points, write_points
-from cxrssl.lesions.priors import prior_builder, search_region
+from cxrssl.lesions.priors import make_prior, prior_builder, search_region
 
 MM = 0.7  # generated films are drawn at the working pixel size
 
@@ -156,6 +162,8 @@ def test_detector_file_round_trips_and_refuses_tampering(tmp_path: Path) -> None
         ({"prior": "yes"}, "'prior' must be true or false"),
         ({"prior": True}, "other candidate features"),  # a prior's detector has 4 more
         ({"search_mm": -1}, "'search_mm' must be a number"),
+        ({"search_mm": 10}, "'search_mm' must be a number"),  # no prior, no search radius
+        ({"prior": 1}, "'prior' must be true or false"),
     ):
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({**raw, **change}))
@@ -166,6 +174,10 @@ def test_detector_file_round_trips_and_refuses_tampering(tmp_path: Path) -> None
     (tmp_path / "bad.json").write_text(json.dumps(missing))
     with pytest.raises(DatasetError, match="missing or unknown fields"):
         load_detector(tmp_path / "bad.json")
+    older = {k: v for k, v in raw.items() if not k.startswith("size_")} | {"version": "0.0.1"}
+    (tmp_path / "old.json").write_text(json.dumps(older))
+    with pytest.raises(DatasetError, match=r"made by cxrssl '0\.0\.1'.*retrain"):
+        load_detector(tmp_path / "old.json")
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(DatasetError, match=r"deep\.json"):
         load_detector(tmp_path / "deep.json")
@@ -343,3 +355,69 @@ def test_train_detector_with_a_prior_finds_and_masks_the_marked_nodule(tmp_path:
     assert _train(images, points, plain, "--folds", "0", *common) == 0
     other = ["detect-nodules", str(plain), str(images), str(out), *heat]
     assert main(other) == 2  # trained without a prior: refuses one
+
+
+def test_candidates_near_a_prior_and_their_parts() -> None:
+    img = _film(np.random.default_rng(7), [(60.0, 60.0, 8.0), (190.0, 190.0, 8.0)])
+    none = find_candidates(img, MM, np.ones_like(img), search=np.zeros_like(img))
+    assert len(none) == 0  # an empty prior: nowhere to look
+    empty = with_prior(none, np.zeros(img.shape, np.float32), np.zeros_like(img), MM)
+    assert empty.features.shape == (0, len(FEATURE_NAMES) + len(PRIOR_FEATURE_NAMES))
+    points = [Point("a.png", 60.0, 60.0, 16.0), Point("a.png", 190.0, 190.0, 16.0)]
+    prior = make_prior("heatmap", img, points)
+    search = search_region(prior, MM, 15.0)
+    found = with_prior(find_candidates(img, MM, search=search), prior, search, MM)
+    assert found.region is not None and set(found.region.tolist()) == {1, 2}
+    near = [
+        np.hypot(*(found.xy[found.region == k] - (p.x, p.y)).T).min()
+        for k, p in ((1, points[0]), (2, points[1]))
+    ]
+    assert max(near) < 3  # each nodule is a candidate of its own part
+    labels = label_candidates(found, points)
+    det = fit_detector(found.features, labels, MM, 100, hit_diameters(found, points), True, 15.0)
+    picks = det.picks("a.png", found)
+    assert len(picks) == 2  # one nodule per marked place
+    assert all(
+        np.hypot(d.x - p.x, d.y - p.y) < 8
+        for d, p in zip(sorted(picks, key=lambda d: d.x), points, strict=True)
+    )
+    # a candidate found on the coarser grid just outside the region joins the nearest part
+    stray = Candidates(
+        np.array([[60.0, 60.0 + 15 / MM + 18]]),
+        np.array([10.0]),
+        np.zeros((1, len(FEATURE_NAMES)), np.float32),
+    )
+    assert with_prior(stray, prior, search, MM).region.tolist() == [1]  # type: ignore[union-attr]
+    with pytest.raises(DatasetError, match="around a prior"):
+        det.picks("a.png", find_candidates(img, MM, np.ones_like(img)))
+
+
+def test_train_detector_with_a_folder_prior_and_given_masks(tmp_path: Path) -> None:
+    images, points, truth = _folder(tmp_path / "data", 12, seed=4)
+    lungs, priors, masks = (tmp_path / "data" / n for n in ("lungs", "priors", "masks"))
+    priors.mkdir()
+    masks.mkdir()
+    by_file = {p.file: [p] for p in truth}
+    yy, xx = np.mgrid[0:256, 0:256]
+    for i in range(12):
+        name = f"f{i:02d}.png"
+        nodules = by_file.get(name, [])
+        heat = make_prior("heatmap", np.zeros((256, 256)), nodules)
+        cv2.imwrite(str(priors / name), np.round(heat * 255).astype(np.uint8))
+        disc = np.zeros((256, 256), np.uint8)
+        for p in nodules:
+            disc[np.hypot(xx - p.x, yy - p.y) <= p.radius_px] = 255
+        if i != 1:  # one film with a nodule lacks its truth mask
+            cv2.imwrite(str(masks / name), disc)
+    run = tmp_path / "run"
+    common = ["--pixel-mm", str(MM), "--workers", "1", "--lungs", str(lungs), "--folds", "3"]
+    assert _train(images, points, run, "--priors", str(priors), "--masks", str(masks), *common) == 0
+    seg = json.loads((run / "summary.json").read_text())["segmentation"]
+    assert seg["truth"].startswith("the masks given")
+    assert [row[0] for row in seg["unscored"]] == ["f01.png"] and "no truth mask" in seg[
+        "unscored"
+    ][0][1]
+    assert seg["images_with_nodules"] == 8 and seg["clear"] == 1.0
+    assert seg["dice"]["mean"] >= 0.6, seg
+    assert _train(images, points, tmp_path / "r2", "--masks", str(masks), *common) == 2  # no prior
+    assert _train(images, points, tmp_path / "r3", "--priors", "lungs", *common) == 2  # not a place

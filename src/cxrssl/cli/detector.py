@@ -88,7 +88,8 @@ def register(sub: Any) -> None:
         "--priors",
         default=None,
         metavar="DIR|heatmap",
-        help="the prior, for a detector trained with one (writes OUT_DIR/masks too)",
+        help="the prior, for a detector trained with one: writes OUT_DIR/masks too, the best "
+        "candidate at each place the prior marks, whatever --fp-per-image",
     )
     q.add_argument("--points", type=Path, default=None, metavar="CSV", help="heatmap points")
     q.add_argument("--prior-shift-mm", type=float, default=0.0, help=SHIFT_HELP)

@@ -287,5 +287,12 @@ def with_prior(
             yy, xx = np.ogrid[y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]]
             feats[i, j] = window[(yy - y) ** 2 + (xx - x) ** 2 <= r * r].max()
     _, parts = cv2.connectedComponents((search > 0).astype(np.uint8))
+    region = parts[rows, cols].astype(np.int64)
+    stray = np.flatnonzero(region == 0)  # found on the coarser grid just outside the region
+    if stray.size and parts.any():
+        py, px = np.nonzero(parts)
+        for k in stray:  # the nearest part
+            j = int(np.argmin((py - rows[k]) ** 2 + (px - cols[k]) ** 2))
+            region[k] = parts[py[j], px[j]]
     features = np.concatenate([found.features, feats], axis=1)
-    return Candidates(found.xy, found.diameter_px, features, parts[rows, cols].astype(np.int64))
+    return Candidates(found.xy, found.diameter_px, features, region)

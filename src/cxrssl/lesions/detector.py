@@ -254,6 +254,11 @@ def load_detector(path: str | Path) -> Detector:
     known = {"kind", *Detector.__dataclass_fields__}
     if set(raw) != known:
         odd = sorted(set(raw) ^ known)
+        if raw.get("version") != __version__:
+            raise DatasetError(
+                f"{path}: made by cxrssl {raw.get('version')!r} (fields {odd} differ); retrain "
+                "it with this version's cxrssl train-detector"
+            )
         raise DatasetError(f"{path}: malformed detector: missing or unknown fields {odd}")
     prior = raw["prior"]
     if not isinstance(prior, bool):
@@ -290,7 +295,7 @@ def load_detector(path: str | Path) -> Detector:
         pixel_mm=_number(path, raw, "pixel_mm", 1e-3, MAX_PIXEL_MM),
         n_candidates=n_candidates,
         prior=prior,
-        search_mm=_number(path, raw, "search_mm", 0.0, MAX_SEARCH_MM),
+        search_mm=_number(path, raw, "search_mm", 0.0, MAX_SEARCH_MM if prior else 0.0),
         feature_names=names,
         settings=candidate_settings(),
         thresholds={k: float(v) for k, v in thresholds.items()},

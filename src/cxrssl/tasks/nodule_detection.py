@@ -20,7 +20,9 @@ displaced by up to ``prior_shift_mm``) the candidates are searched only within
 carry the prior's features; the best candidate of each marked place is the nodule found
 there, its mask grown from it (:func:`cxrssl.lesions.grow.nodule_mask`) at the size the
 detector predicts: ``masks/`` (out of fold) and, in the summary, Dice, precision and recall
-against the masks grown from the truth points, mean and std over folds.
+against the masks grown from the truth points (or the truth masks of ``masks``), mean and std
+over folds. Places the prior marks closer than about twice ``search_mm`` merge into one,
+and get one nodule.
 """
 
 from __future__ import annotations
@@ -56,8 +58,14 @@ from cxrssl.lesions.detector import (
 from cxrssl.lesions.froc import FP_RATES, froc
 from cxrssl.lesions.grow import nodule_mask
 from cxrssl.lesions.points import PIXEL_MM, Point, by_stem, read_points
-from cxrssl.lesions.priors import SEARCH_MM, PriorBuilder, prior_builder, search_region
-from cxrssl.metrics import binary_metrics
+from cxrssl.lesions.priors import (
+    SEARCH_MM,
+    PriorBuilder,
+    parse_prior,
+    prior_builder,
+    search_region,
+)
+from cxrssl.metrics import binary_metrics, nanmean
 from cxrssl.parallel import pool_context
 
 log = logging.getLogger(__name__)
@@ -132,6 +140,17 @@ def _fit(
     return fit_detector(x, y, pixel_mm, n, sizes, prior, search_mm or 0.0)
 
 
+def _location_prior(spec: str | None) -> str | None:
+    """``spec`` when it says where nodules are (a folder of maps or ``heatmap``); the lung
+    and pathology maps mark whole lungs, not nodules."""
+    if spec is not None and parse_prior(spec)[0] not in ("heatmap", "dir"):
+        raise DatasetError(
+            f"--priors {spec}: the detector takes a prior of where the nodules are (a folder "
+            "of maps or heatmap), not a map of the whole lungs"
+        )
+    return spec
+
+
 def _segment(
     records: Sequence[Any],
     picks: Sequence[Sequence[Point]],
@@ -141,32 +160,43 @@ def _segment(
     truth_masks: dict[str, Path],
 ) -> dict[str, Any]:
     """Write each image's mask grown from its picks; Dice, precision and recall against its
-    truth mask (of ``truth_masks`` by stem, else grown from its truth points) over the
-    images with a nodule (mean, then mean and std over folds), and the share of nodule-free
-    images left clear."""
+    truth mask (of ``truth_masks`` by stem when given, else grown from its truth points)
+    over the images with a nodule (NaN-aware mean, then mean and std over folds), and the
+    share of nodule-free images left clear. An image whose truth cannot be made (a missing
+    or unreadable mask, a point off the film) is named in ``unscored`` and left out."""
     per_fold: dict[int, list[dict[str, float]]] = {}
     clear: list[float] = []
+    unscored: list[list[str]] = []
     for r, found, nodules, k in zip(records, picks, truth, fold, strict=True):
-        image = read_image(r.image)
-        mask = nodule_mask(image, found)
-        write_mask(masks_dir / f"{r.image.stem}.png", mask)
-        if not nodules:
-            clear.append(float(not mask.any()))
-            continue
         stem = r.image.stem
-        if stem in truth_masks:
-            true = (read_mask(truth_masks[stem], image.shape) > 0).astype(np.uint8)
-        else:
-            true = nodule_mask(image, nodules)
-        m = binary_metrics(mask, true, hd95=False)
-        per_fold.setdefault(int(k), []).append(m)
+        try:
+            image = read_image(r.image)
+            mask = nodule_mask(image, found)
+            write_mask(masks_dir / f"{stem}.png", mask)
+            if not nodules:
+                clear.append(float(not mask.any()))
+                continue
+            if truth_masks and stem not in truth_masks:
+                raise DatasetError(f"no truth mask for {stem!r} in the --masks folder")
+            if truth_masks:
+                true = (read_mask(truth_masks[stem], image.shape) > 0).astype(np.uint8)
+            else:
+                true = nodule_mask(image, nodules)
+        except CxrsslError as e:
+            log.warning("mask of %s not scored: %s", r.name, e)
+            unscored.append([r.name, str(e)])
+            continue
+        per_fold.setdefault(int(k), []).append(binary_metrics(mask, true, hd95=False))
     grown = "masks grown from the points (cxrssl grow-masks)"
-    out: dict[str, Any] = {"truth": "the masks given" if truth_masks else grown}
+    out: dict[str, Any] = {"truth": "the masks given (--masks)" if truth_masks else grown}
     for key in ("dice", "precision", "sensitivity", "detected"):
-        means = [float(np.mean([m[key] for m in rows])) for rows in per_fold.values()]
-        out[key] = {"mean": float(np.mean(means)), "std": float(np.std(means)), "folds": means}
+        means = [nanmean([m[key] for m in rows]) for rows in per_fold.values()]
+        known = [v for v in means if not math.isnan(v)]
+        spread = float(np.std(known)) if known else math.nan
+        out[key] = {"mean": nanmean(means), "std": spread, "folds": means}
     out["clear"] = float(np.mean(clear)) if clear else math.nan
     out["images_with_nodules"] = sum(map(len, per_fold.values()))
+    out["unscored"] = unscored
     return out
 
 
@@ -234,7 +264,7 @@ def train_detector(
         )
     if search_mm < 0 or prior_shift_mm < 0:
         raise DatasetError("--search-mm and --prior-shift-mm cannot be negative")
-    prior = prior_builder(priors, truth_all, prior_shift_mm, pixel_mm, seed)
+    prior = prior_builder(_location_prior(priors), truth_all, prior_shift_mm, pixel_mm, seed)
     truth_masks = index_files(Path(masks), MASK_SUFFIXES) if masks is not None else {}
     if masks is not None and (prior is None or not truth_masks):
         why = "masks are scored only with --priors" if prior is None else "no masks in it"
@@ -382,7 +412,9 @@ def detect_nodules(
         raise DatasetError(f"{images}: no images")
     mm = det.pixel_mm if pixel_mm is None else pixel_mm
     marks = None if points is None else read_points(points, mm)
-    prior = prior_builder(priors, marks, prior_shift_mm, mm, seed)
+    if prior_shift_mm < 0:
+        raise DatasetError("--prior-shift-mm cannot be negative")
+    prior = prior_builder(_location_prior(priors), marks, prior_shift_mm, mm, seed)
     found, failed = candidates_of(
         [r.image for r in ds.records], mm, det.n_candidates, workers, lungs, prior, det.search_mm
     )
