@@ -121,8 +121,7 @@ def fit_detector(
 
     Args:
         diameters_px: (n,) the hit nodule's diameter per candidate (NaN for a negative);
-            None: each positive's own best-scale diameter is unknown, so the regression
-            learns a constant 10 mm.
+            None: no sizes known, so every detection is sized 10 mm.
         prior: the features end with :data:`PRIOR_FEATURE_NAMES`.
         search_mm: with a prior, how far from it the candidates were searched.
 
